@@ -1,0 +1,58 @@
+"""The Litestar application factory. Nothing is created at import; the lifespan owns every resource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from service.api import classify, health, requests, spend
+from service.api.dependencies import provide_caller, provide_request_id, provide_runtime
+from service.api.errors import EXCEPTION_HANDLERS
+from service.api.middleware import RequestIdMiddleware
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Litestar:
+    """Build the app; `db_url` is resolved by the caller (an embedded cluster or DATABASE_URL)."""
+    runtime = Runtime.build(settings, db_url)  # fails fast on configuration errors
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.runtime = runtime
+        try:
+            if sweeper:
+                async with runtime.sweeping():
+                    yield
+            else:
+                yield
+        finally:
+            await runtime.aclose()
+
+    return Litestar(
+        route_handlers=[classify.classify, requests.get_request, spend.spend, health.live, health.ready],
+        dependencies={
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "caller": Provide(provide_caller),
+            "call_id": Provide(provide_request_id, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestIdMiddleware],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="cascade", version="0.1.0", path="/schema"),
+        logging_config=None,  # the process configures logging; the app must not
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for `cascade serve` (uvicorn imports it in every worker)."""
+    from service.database import resolve_url
+
+    settings = Settings()
+    return create_app(settings, resolve_url(settings))

@@ -1,0 +1,88 @@
+"""POST /v1/classify: parse and bound the input, hand it to the cascade, shape the answer."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import post
+from litestar.openapi import ResponseSpec
+
+from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, ErrorOut, Tokens
+from service.cascade import AttemptRecord, Classification, ClassifyCommand
+from service.errors import InvalidInput
+from service.keys import Caller
+from service.prompt import Task
+from service.runtime import Runtime
+from service.settings import Settings
+
+_RESPONSES = {
+    code: ResponseSpec(data_container=ErrorOut, description=description)
+    for code, description in {
+        401: "Missing, invalid or revoked API key",
+        402: "A cost cap would be exceeded; no upstream call was made",
+        413: "Request body too large",
+        422: "Invalid input; `error.field` names the field",
+        502: "Anthropic rejected the request or gave no usable answer",
+        503: "Anthropic or the database is unavailable; retry after `Retry-After`",
+        504: "The request deadline passed",
+    }.items()
+}
+
+
+def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings: Settings) -> ClassifyCommand:
+    if not data.text.strip():
+        raise InvalidInput("text must not be empty", field="text")
+    if len(data.text) > settings.max_text_chars:
+        raise InvalidInput(f"text is {len(data.text)} characters; the limit is {settings.max_text_chars}",
+                           field="text")
+    if not 2 <= len(data.labels) <= settings.max_labels:
+        raise InvalidInput(f"labels must have between 2 and {settings.max_labels} entries", field="labels")
+    for label in data.labels:
+        if not label.strip():
+            raise InvalidInput("labels must not be empty", field="labels")
+        if len(label) > settings.max_label_chars:
+            raise InvalidInput(f"label {label[:20]!r}... is longer than {settings.max_label_chars} characters",
+                               field="labels")
+    if len(set(data.labels)) != len(data.labels):
+        raise InvalidInput("labels must be unique", field="labels")
+    if data.instructions is not None and len(data.instructions) > settings.max_instructions_chars:
+        raise InvalidInput(f"instructions are longer than {settings.max_instructions_chars} characters",
+                           field="instructions")
+    return ClassifyCommand(
+        request_id=request_id,
+        team_id=caller.team_id,
+        text=data.text,
+        task=Task(tuple(data.labels), data.instructions or None),
+        threshold=settings.threshold if data.threshold is None else data.threshold,
+    )
+
+
+def attempt_out(a: AttemptRecord) -> AttemptOut:
+    usage = a.usage
+    return AttemptOut(
+        attempt=a.attempt_no, stage=a.stage, model=a.model, outcome=a.outcome, label=a.label,
+        confidence=a.confidence, stop_reason=a.stop_reason, escalation_reason=a.escalation_reason,
+        tokens=Tokens(
+            input=usage.input if usage else None,
+            cache_write_5m=usage.cache_write_5m if usage else None,
+            cache_write_1h=usage.cache_write_1h if usage else None,
+            cache_read=usage.cache_read if usage else None,
+            output=usage.output if usage else None,
+        ),
+        cost_usd=a.cost_usd, latency_ms=a.latency_ms, upstream_request_id=a.upstream_request_id,
+    )
+
+
+def classification_out(result: Classification) -> ClassifyOut:
+    return ClassifyOut(
+        id=result.id, label=result.label, confidence=result.confidence, model=result.model,
+        escalated=result.escalated, escalation_reason=result.escalation_reason,
+        attempts=[attempt_out(a) for a in result.attempts], cost_usd=result.cost_usd,
+        latency_ms=result.latency_ms,
+    )
+
+
+@post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
+async def classify(data: ClassifyIn, caller: Caller, runtime: Runtime, call_id: uuid.UUID) -> ClassifyOut:
+    command = to_command(data, caller, call_id, runtime.settings)
+    return classification_out(await runtime.cascade.classify(command))

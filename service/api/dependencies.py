@@ -1,0 +1,41 @@
+"""Dependencies shared by the handlers: the runtime and the authenticated caller."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from service.errors import Unauthorized
+from service.keys import Caller, authenticate
+from service.runtime import Runtime
+
+
+def provide_runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def provide_request_id(request: Request[Any, Any, Any]) -> uuid.UUID:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, uuid.UUID) else uuid.uuid4()
+
+
+def presented_key(request: Request[Any, Any, Any]) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def provide_caller(request: Request[Any, Any, Any], runtime: Runtime) -> Caller:
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+    caller = await authenticate(runtime.db, key)
+    if caller is None:
+        raise Unauthorized("invalid or revoked API key")
+    return caller

@@ -1,0 +1,76 @@
+"""The one place errors become HTTP responses, all in one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from service.errors import CascadeError, CostCapExceeded, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+_HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+               422: "invalid_request", 429: "rate_limited"}
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return str(value) if value else None
+
+
+def error_response(
+    request: Request[Any, Any, Any], status: int, type_: str, message: str,
+    headers: Mapping[str, str] | None = None, **extra: Any,
+) -> Response[dict[str, Any]]:
+    request_id = request_id_of(request)
+    body = {"error": {"type": type_, "message": message, **extra}, "request_id": request_id}
+    headers = dict(headers or {})
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
+
+
+def cascade_error(request: Request[Any, Any, Any], exc: CascadeError) -> Response[dict[str, Any]]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidInput) and exc.field:
+        extra["field"] = exc.field
+    if isinstance(exc, CostCapExceeded):
+        extra["cap"] = exc.cap
+        extra["remaining_usd"] = format(exc.remaining_usd.normalize(), "f")
+    return error_response(request, exc.status_code, exc.type, exc.message, headers=exc.headers, **extra)
+
+
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    fields = [str(p.get("key")) for p in problems if isinstance(p, dict) and p.get("key")]
+    details = "; ".join(
+        f"{p.get('key')}: {p.get('message')}" for p in problems if isinstance(p, dict)
+    ) or exc.detail
+    extra: dict[str, Any] = {"field": fields[0]} if fields else {}
+    return error_response(request, 422, "invalid_request", f"invalid request body: {details}", **extra)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        logger.error("HTTP %s on %s: %s", status, request.url.path, exc.detail)
+    return error_response(request, status, _HTTP_TYPES.get(status, "http_error"), exc.detail, exc.headers)
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    logger.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(request, 500, "internal_error", "an internal error occurred; it has been logged")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    CascadeError: cascade_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

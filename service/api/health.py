@@ -1,0 +1,18 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from litestar import get
+
+from service.runtime import Runtime
+
+
+@get("/health/live", summary="The process is up")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="The database answers")
+async def ready(runtime: Runtime) -> dict[str, str]:
+    await runtime.db.ping()  # DatabaseUnavailable maps to 503
+    return {"status": "ok"}

@@ -1,0 +1,128 @@
+"""Wire schemas. Money is a decimal string on the wire, never a float."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+MoneyStr = Annotated[
+    Decimal,
+    PlainSerializer(lambda d: format(d.normalize(), "f") if d else "0", return_type=str, when_used="json"),
+]
+Confidence = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+
+
+class ClassifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The text to classify. It is treated as data, never as instructions.")
+    labels: list[str] = Field(description="The allowed labels; the answer is always one of them.")
+    instructions: str | None = Field(default=None, description="Optional guidance on how to choose a label.")
+    threshold: Decimal | None = Field(
+        default=None, ge=0, le=1,
+        description="Confidence below which the cheap answer escalates; defaults to the server's setting.",
+    )
+
+
+class Tokens(BaseModel):
+    input: int | None
+    cache_write_5m: int | None
+    cache_write_1h: int | None
+    cache_read: int | None
+    output: int | None
+
+
+class PriceOut(BaseModel):
+    id: str
+    input_per_mtok: MoneyStr
+    cache_write_5m_per_mtok: MoneyStr
+    cache_write_1h_per_mtok: MoneyStr
+    cache_read_per_mtok: MoneyStr
+    output_per_mtok: MoneyStr
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    stage: str
+    model: str
+    outcome: str
+    label: str | None
+    confidence: Confidence | None
+    stop_reason: str | None
+    escalation_reason: str | None
+    tokens: Tokens
+    cost_usd: MoneyStr
+    latency_ms: int | None
+    upstream_request_id: str | None
+
+
+class AuditAttemptOut(AttemptOut):
+    price: PriceOut
+    reserved_usd: MoneyStr
+    reserved_at: datetime
+    settled_at: datetime | None
+    settled_by: str | None
+    error_message: str | None
+
+
+class ClassifyOut(BaseModel):
+    id: uuid.UUID
+    label: str
+    confidence: Confidence
+    model: str
+    escalated: bool
+    escalation_reason: str | None
+    attempts: list[AttemptOut]
+    cost_usd: MoneyStr
+    latency_ms: int
+
+
+class RequestAuditOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    label: str | None
+    confidence: Confidence | None
+    model: str | None
+    escalated: bool
+    escalation_reason: str | None
+    attempts: list[AuditAttemptOut]
+    cost_usd: MoneyStr
+    latency_ms: int | None
+    labels: list[str]
+    instructions: str | None
+    threshold: Confidence
+    task_hash: str
+    cheap_model: str
+    strong_model: str
+    error_type: str | None
+    error_message: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class CapOut(BaseModel):
+    scope: str
+    period: str
+    period_start: date
+    cap_usd: MoneyStr
+    spent_usd: MoneyStr
+    reserved_usd: MoneyStr
+    remaining_usd: MoneyStr
+
+
+class SpendOut(BaseModel):
+    caps: list[CapOut]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+    request_id: str | None

@@ -1,0 +1,244 @@
+"""Authorize, then capture: every upstream attempt reserves its worst case before the call.
+
+Each method is one short transaction; no connection is held while the model is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from service.caps import CapKey, CapRepository, period_keys
+from service.catalog import Catalog, PriceRow, TokenUsage
+from service.database import Database
+from service.errors import CostCapExceeded
+from service.ledger import LedgerRepository
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    request_id: uuid.UUID
+    team_id: uuid.UUID
+    attempt_no: int
+    stage: str
+    model: str
+    input_token_bound: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    attempt_id: int
+    model: str
+    amount: Decimal
+    reserved_at: datetime
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one attempt came to. `usage` None means the outcome is unknown: charge the reservation."""
+
+    outcome: str
+    usage: TokenUsage | None
+    http_status: int | None = None
+    stop_reason: str | None = None
+    label: str | None = None
+    confidence: Decimal | None = None
+    escalation_reason: str | None = None
+    upstream_request_id: str | None = None
+    latency_ms: int | None = None
+    error_message: str | None = None
+
+
+def _price_columns(price: PriceRow) -> dict[str, Any]:
+    return {
+        "price_id": price.id,
+        "price_input": price.input,
+        "price_cache_write_5m": price.cache_write_5m,
+        "price_cache_write_1h": price.cache_write_1h,
+        "price_cache_read": price.cache_read,
+        "price_output": price.output,
+    }
+
+
+class Budget:
+    def __init__(
+        self, db: Database, catalog: Catalog, settings: Settings, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock
+        self._cap_ids: dict[CapKey, int] = {}
+
+    def _cap_amount(self, key: CapKey) -> Decimal:
+        return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
+
+    async def reserve(self, plan: AttemptPlan, new_request: dict[str, Any] | None = None) -> Reservation:
+        """Hold the attempt's worst case on every applicable cap row and write its ledger row, or raise."""
+        at = self.clock()
+        day = at.date()
+        price = self.catalog.price(plan.model, at, plan.input_token_bound)
+        amount = price.worst_case(plan.input_token_bound, plan.max_tokens)
+        keys = period_keys(day)
+        async with self.db.transaction() as session:
+            caps = CapRepository(session)
+            ledger = LedgerRepository(session)
+            ids = [await self._cap_id(caps, key) for key in keys]
+            if not await caps.reserve(ids, amount):
+                raise await self._refusal(caps, keys, ids, amount)  # rolls the transaction back
+            if new_request is not None:
+                await ledger.add_request(new_request)
+            attempt_id = await ledger.add_attempt({
+                "request_id": plan.request_id,
+                "team_id": plan.team_id,
+                "attempt_no": plan.attempt_no,
+                "stage": plan.stage,
+                "model": plan.model,
+                "state": "reserved",
+                "cap_ids": ids,
+                "billing_day": day,
+                "reserved_usd": amount,
+                "input_token_bound": plan.input_token_bound,
+                "max_tokens": plan.max_tokens,
+                "reserved_at": at,
+                **_price_columns(price),
+            })
+        return Reservation(attempt_id, plan.model, amount, at)
+
+    async def _cap_id(self, caps: CapRepository, key: CapKey) -> int:
+        cached = self._cap_ids.get(key)
+        if cached is None:
+            cached = self._cap_ids[key] = await caps.ensure(key, self._cap_amount(key))
+        return cached
+
+    async def _refusal(
+        self, caps: CapRepository, keys: list[CapKey], ids: list[int], amount: Decimal
+    ) -> CostCapExceeded:
+        rows = {row.id: row for row in await caps.get(ids)}
+        if len(rows) != len(ids):
+            self._cap_ids.clear()  # a cached id no longer exists; the next attempt re-creates the rows
+        for key, cap_id in zip(keys, ids, strict=True):
+            row = rows.get(cap_id)
+            if row is None:
+                continue
+            remaining = row.cap_usd - row.spent_usd - row.reserved_usd
+            if remaining < amount:
+                return CostCapExceeded(
+                    f"the {key.label} cost cap of ${row.cap_usd.normalize():f} would be exceeded: "
+                    f"${remaining.normalize():f} remains and this attempt may cost up to ${amount.normalize():f}",
+                    cap=key.label.replace(" ", "_"),
+                    remaining_usd=remaining,
+                )
+        return CostCapExceeded("a cost cap changed during the reservation; retry", cap="unknown",
+                               remaining_usd=Decimal(0))
+
+    async def settle(
+        self, reservation: Reservation, result: Settlement, finish: dict[str, Any] | None = None
+    ) -> Decimal | None:
+        """Charge the actual cost (or the reservation, if unknown) and release the rest.
+
+        Returns the amount charged, or None when the sweeper settled this attempt first.
+        """
+        if result.usage is None:
+            cost = reservation.amount
+            price_cols: dict[str, Any] = {}
+            tokens: dict[str, Any] = {}
+        else:
+            price = self.catalog.price(reservation.model, reservation.reserved_at, result.usage.prompt_tokens)
+            cost = price.cost(result.usage)
+            if cost > reservation.amount:
+                # The bound is built to make this impossible; if it happens the truth is recorded anyway.
+                logger.error("attempt %s cost %s above its reservation %s", reservation.attempt_id, cost,
+                             reservation.amount)
+            price_cols = _price_columns(price)
+            tokens = {
+                "input_tokens": result.usage.input,
+                "cache_write_5m_tokens": result.usage.cache_write_5m,
+                "cache_write_1h_tokens": result.usage.cache_write_1h,
+                "cache_read_tokens": result.usage.cache_read,
+                "output_tokens": result.usage.output,
+            }
+        async with self.db.transaction() as session:
+            ledger = LedgerRepository(session)
+            held = await ledger.settle_attempt(reservation.attempt_id, {
+                "outcome": result.outcome,
+                "http_status": result.http_status,
+                "stop_reason": result.stop_reason,
+                "label": result.label,
+                "confidence": result.confidence,
+                "escalation_reason": result.escalation_reason,
+                "upstream_request_id": result.upstream_request_id,
+                "latency_ms": result.latency_ms,
+                "error_message": result.error_message,
+                "cost_usd": cost,
+                "settled_by": "holder",
+                "settled_at": self.clock(),
+                **price_cols,
+                **tokens,
+            })
+            if held is None:
+                logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
+                return None
+            await CapRepository(session).settle(held.cap_ids, held.reserved_usd, cost)
+            await ledger.add_request_cost(held.request_id, cost)
+            if finish is not None:
+                await ledger.finish_request(held.request_id, finish)
+        return cost
+
+    async def record_request(self, request_id: uuid.UUID, values: dict[str, Any],
+                             new_request: dict[str, Any] | None = None) -> None:
+        """Write a request's outcome; `new_request` creates the row if no attempt ever did."""
+        async with self.db.transaction() as session:
+            ledger = LedgerRepository(session)
+            if new_request is not None:
+                await ledger.add_request(new_request)
+            await ledger.finish_request(request_id, values)
+
+    async def sweep(self, now: datetime | None = None, batch: int = 500) -> int:
+        """Charge reservations whose holder died at their worst case; returns how many were settled."""
+        now = now or self.clock()
+        cutoff = now - timedelta(seconds=self.settings.reservation_ttl_s)
+        async with self.db.transaction() as session:
+            ledger = LedgerRepository(session)
+            caps = CapRepository(session)
+            stale = await ledger.stale_reservations(cutoff, batch)
+            for held in stale:
+                await ledger.settle_attempt(held.attempt_id, {
+                    "outcome": "unknown",
+                    "cost_usd": held.reserved_usd,
+                    "settled_by": "sweeper",
+                    "settled_at": now,
+                    "error_message": "holder did not settle within the reservation TTL; charged the worst case",
+                })
+                await caps.settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
+                await ledger.add_request_cost(held.request_id, held.reserved_usd)
+            await ledger.abandon_stale_requests(cutoff, now)
+        if stale:
+            logger.warning("sweeper settled %d orphaned reservations at their worst case", len(stale))
+        return len(stale)
+
+    async def sync_global_caps(self, day: date | None = None) -> None:
+        """Apply the configured global caps to the current period rows (never below what is committed)."""
+        day = day or self.clock().date()
+        async with self.db.transaction() as session:
+            caps = CapRepository(session)
+            for key in period_keys(day):
+                await caps.ensure(key, self._cap_amount(key))
+                await caps.set_amount(key, self._cap_amount(key))
+
+    async def status(self, team_id: uuid.UUID | None = None) -> list[Any]:
+        async with self.db.transaction() as session:
+            return list(await CapRepository(session).current(self.clock().date(), team_id))

@@ -1,0 +1,119 @@
+"""Cap rows: SQL only, never commits. Every statement that moves money locks the rows in id order."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.tables import Cap
+
+
+@dataclass(frozen=True)
+class CapKey:
+    scope: str  # "global" or "team"
+    team_id: uuid.UUID | None
+    period: str  # "day" or "month"
+    period_start: date
+
+    @property
+    def label(self) -> str:
+        owner = "global" if self.scope == "global" else "team"
+        return f"{owner} {'daily' if self.period == 'day' else 'monthly'}"
+
+
+def period_keys(day: date, team_id: uuid.UUID | None = None) -> list[CapKey]:
+    """The cap rows that one charge on `day` must fit under."""
+    month = day.replace(day=1)
+    keys = [CapKey("global", None, "day", day), CapKey("global", None, "month", month)]
+    if team_id is not None:
+        keys += [CapKey("team", team_id, "day", day), CapKey("team", team_id, "month", month)]
+    return keys
+
+
+_LOCK_AND_RESERVE = text("""
+    WITH locked AS (
+        SELECT id FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
+    )
+    UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
+    FROM locked
+    WHERE caps.id = locked.id AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
+    RETURNING caps.id
+""")
+
+_SETTLE = text("""
+    WITH locked AS (
+        SELECT id FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
+    )
+    UPDATE caps
+    SET spent_usd = caps.spent_usd + :cost, reserved_usd = caps.reserved_usd - :reserved, updated_at = now()
+    FROM locked
+    WHERE caps.id = locked.id
+    RETURNING caps.id
+""")
+
+
+class CapRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def ensure(self, key: CapKey, cap_usd: Decimal) -> int:
+        """Create the row for this key if missing (first charge of a period) and return its id."""
+        stmt = (
+            insert(Cap)
+            .values(scope=key.scope, team_id=key.team_id, period=key.period, period_start=key.period_start,
+                    cap_usd=cap_usd)
+            .on_conflict_do_nothing(constraint="uq_caps_scope_team_period")
+        )
+        await self.session.execute(stmt)
+        found = await self.session.scalar(
+            select(Cap.id).where(
+                Cap.scope == key.scope,
+                Cap.team_id.is_(None) if key.team_id is None else Cap.team_id == key.team_id,
+                Cap.period == key.period,
+                Cap.period_start == key.period_start,
+            )
+        )
+        assert found is not None
+        return found
+
+    async def reserve(self, ids: list[int], amount: Decimal) -> bool:
+        """Reserve `amount` on every row or on none (the caller rolls back on False)."""
+        rows = (await self.session.execute(_LOCK_AND_RESERVE, {"ids": ids, "amount": amount})).all()
+        return len(rows) == len(ids)
+
+    async def settle(self, ids: list[int], reserved: Decimal, cost: Decimal) -> None:
+        rows = (await self.session.execute(_SETTLE, {"ids": ids, "reserved": reserved, "cost": cost})).all()
+        if len(rows) != len(ids):
+            raise LookupError(f"cap rows {ids} changed under a held reservation")
+
+    async def get(self, ids: list[int]) -> list[Cap]:
+        return list((await self.session.scalars(select(Cap).where(Cap.id.in_(ids)).order_by(Cap.id))).all())
+
+    async def set_amount(self, key: CapKey, cap_usd: Decimal) -> None:
+        """Set the cap of an existing row; never below what is already spent or held."""
+        await self.session.execute(
+            text("""
+                UPDATE caps SET cap_usd = GREATEST(:cap, spent_usd + reserved_usd), updated_at = now()
+                WHERE scope = :scope AND team_id IS NOT DISTINCT FROM :team_id
+                  AND period = :period AND period_start = :start
+            """),
+            {"cap": cap_usd, "scope": key.scope, "team_id": key.team_id, "period": key.period,
+             "start": key.period_start},
+        )
+
+    async def current(self, day: date, team_id: uuid.UUID | None = None) -> list[Cap]:
+        keys = period_keys(day, team_id)
+        rows = await self.session.scalars(
+            select(Cap).where(
+                Cap.period_start.in_({k.period_start for k in keys}),
+                (Cap.scope == "global") | (Cap.team_id == team_id),
+            ).order_by(Cap.scope, Cap.period)
+        )
+        wanted = {(k.scope, k.team_id, k.period, k.period_start) for k in keys}
+        return [c for c in rows if (c.scope, c.team_id, c.period, c.period_start) in wanted]

@@ -1,0 +1,233 @@
+"""The cascade: cheap model first, escalate by policy, every attempt reserved, called, then settled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from service.budget import AttemptPlan, Budget, Reservation, Settlement
+from service.catalog import Catalog, ModelInfo, TokenUsage
+from service.errors import (
+    CascadeError,
+    CostCapExceeded,
+    DatabaseUnavailable,
+    DeadlineExceeded,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from service.policy import Answer, Defect, Unavailable, Verdict, escalation, read_answer
+from service.prompt import MessageRequest, Task, build_request
+from service.retry import MIN_ATTEMPT_S, Deadline, retrying
+from service.settings import Settings
+from service.upstream import Upstream, UpstreamFailure
+
+logger = logging.getLogger(__name__)
+
+_SETTLE_TRIES = 3
+
+
+@dataclass(frozen=True)
+class ClassifyCommand:
+    request_id: uuid.UUID
+    team_id: uuid.UUID
+    text: str
+    task: Task
+    threshold: Decimal
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt_no: int
+    stage: str
+    model: str
+    outcome: str
+    cost_usd: Decimal
+    usage: TokenUsage | None
+    latency_ms: int | None
+    upstream_request_id: str | None
+    stop_reason: str | None = None
+    label: str | None = None
+    confidence: Decimal | None = None
+    escalation_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    id: uuid.UUID
+    label: str
+    confidence: Decimal
+    model: str
+    escalated: bool
+    escalation_reason: str | None
+    attempts: list[AttemptRecord]
+    cost_usd: Decimal
+    latency_ms: int
+
+
+@dataclass
+class _Run:
+    cmd: ClassifyCommand
+    created_at: datetime
+    deadline: Deadline
+    started: float = field(default_factory=time.monotonic)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    request_written: bool = False
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((a.cost_usd for a in self.attempts), Decimal(0))
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+class Cascade:
+    def __init__(self, budget: Budget, upstream: Upstream, catalog: Catalog, settings: Settings) -> None:
+        self.budget = budget
+        self.upstream = upstream
+        self.settings = settings
+        self.cheap = catalog.model(settings.cheap_model)
+        self.strong = catalog.model(settings.strong_model)
+
+    async def classify(self, cmd: ClassifyCommand) -> Classification:
+        run = _Run(cmd, created_at=self.budget.clock(),
+                   deadline=Deadline.after(self.settings.request_deadline_s))
+        try:
+            return await self._classify(run)
+        except CascadeError as exc:
+            await self._record_failure(run, exc)
+            raise
+
+    async def _classify(self, run: _Run) -> Classification:
+        cheap = await self._stage(run, "cheap", self.cheap)
+        reason = escalation(cheap, run.cmd.threshold)
+        answer, model = cheap, self.cheap
+        if reason is not None:
+            strong = await self._stage(run, "strong", self.strong)
+            if isinstance(strong, Unavailable):
+                raise UpstreamUnavailable(f"the strong model is unavailable: {strong.detail}")
+            if isinstance(strong, Defect):
+                raise UpstreamRejected(f"the strong model gave no usable answer: {strong.detail}")
+            answer, model = strong, self.strong
+        assert isinstance(answer, Answer)
+        result = Classification(
+            id=run.cmd.request_id, label=answer.label, confidence=answer.confidence, model=model.id,
+            escalated=reason is not None, escalation_reason=reason, attempts=run.attempts,
+            cost_usd=run.cost, latency_ms=run.elapsed_ms(),
+        )
+        await self.budget.record_request(run.cmd.request_id, {
+            "status": "ok", "label": result.label, "confidence": result.confidence, "model": result.model,
+            "escalated": result.escalated, "escalation_reason": result.escalation_reason,
+            "latency_ms": result.latency_ms, "finished_at": self.budget.clock(),
+        })
+        return result
+
+    async def _stage(self, run: _Run, stage: str, model: ModelInfo) -> Verdict:
+        request = build_request(model, run.cmd.task, run.cmd.text)
+        s = self.settings
+        try:
+            async for attempt in retrying(run.deadline, s.max_attempts, s.retry_base_s, s.retry_cap_s):
+                with attempt:
+                    return await self._attempt(run, stage, request)
+        except UpstreamFailure as failure:
+            if run.deadline.remaining() < MIN_ATTEMPT_S:
+                raise DeadlineExceeded(
+                    f"no answer within the {s.request_deadline_s:g}s deadline (last: {failure.message})"
+                ) from failure
+            if failure.retryable or failure.status == 429:
+                return Unavailable(failure.message)
+            raise UpstreamRejected(f"{model.id} rejected the request: {failure.message}") from failure
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(self, run: _Run, stage: str, request: MessageRequest) -> Answer | Defect:
+        remaining = run.deadline.remaining()
+        if remaining < MIN_ATTEMPT_S:
+            raise DeadlineExceeded(f"the {self.settings.request_deadline_s:g}s deadline passed")
+        plan = AttemptPlan(
+            request_id=run.cmd.request_id, team_id=run.cmd.team_id, attempt_no=len(run.attempts) + 1,
+            stage=stage, model=request.model, input_token_bound=request.input_token_bound,
+            max_tokens=request.max_tokens,
+        )
+        reservation = await self.budget.reserve(plan, None if run.request_written else self._request_row(run))
+        run.request_written = True
+        try:
+            reply = await self.upstream.create(request, min(self.settings.attempt_timeout_s, remaining))
+        except UpstreamFailure as failure:
+            await self._settle(run, plan, reservation, Settlement(
+                outcome=failure.outcome,
+                usage=None if failure.billed_unknown else TokenUsage(),
+                http_status=failure.status,
+                upstream_request_id=failure.request_id,
+                latency_ms=failure.latency_ms,
+                error_message=failure.message,
+            ))
+            raise
+        except BaseException:
+            # Cancelled mid-call: the call may have been billed, so charge the reservation now.
+            settling = asyncio.ensure_future(self._settle(run, plan, reservation, Settlement(
+                outcome="cancelled", usage=None, error_message="the request was cancelled during the call")))
+            await asyncio.shield(settling)
+            raise
+        verdict = read_answer(reply.text, reply.stop_reason, run.cmd.task.labels)
+        reason = escalation(verdict, run.cmd.threshold) if stage == "cheap" else None
+        await self._settle(run, plan, reservation, Settlement(
+            outcome="answered" if isinstance(verdict, Answer) else str(verdict.reason),
+            usage=reply.usage,
+            http_status=200,
+            stop_reason=reply.stop_reason,
+            label=verdict.label if isinstance(verdict, Answer) else None,
+            confidence=verdict.confidence if isinstance(verdict, Answer) else None,
+            escalation_reason=reason,
+            upstream_request_id=reply.request_id,
+            latency_ms=reply.latency_ms,
+            error_message=verdict.detail if isinstance(verdict, Defect) else None,
+        ))
+        return verdict
+
+    async def _settle(self, run: _Run, plan: AttemptPlan, reservation: Reservation, result: Settlement) -> None:
+        """Settle, retrying briefly if the database blinks; past that the sweeper charges the worst case."""
+        for attempt in range(_SETTLE_TRIES):
+            try:
+                charged = await self.budget.settle(reservation, result)
+                break
+            except DatabaseUnavailable:
+                if attempt == _SETTLE_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        run.attempts.append(AttemptRecord(
+            attempt_no=plan.attempt_no, stage=plan.stage, model=plan.model, outcome=result.outcome,
+            cost_usd=reservation.amount if charged is None else charged, usage=result.usage,
+            latency_ms=result.latency_ms, upstream_request_id=result.upstream_request_id,
+            stop_reason=result.stop_reason, label=result.label, confidence=result.confidence,
+            escalation_reason=result.escalation_reason,
+        ))
+
+    def _request_row(self, run: _Run) -> dict[str, Any]:
+        cmd = run.cmd
+        return {
+            "id": cmd.request_id, "team_id": cmd.team_id, "status": "pending", "task_hash": cmd.task.hash,
+            "labels": list(cmd.task.labels), "instructions": cmd.task.instructions, "threshold": cmd.threshold,
+            "text_chars": len(cmd.text), "cheap_model": self.cheap.id, "strong_model": self.strong.id,
+            "created_at": run.created_at,
+        }
+
+    async def _record_failure(self, run: _Run, exc: CascadeError) -> None:
+        if isinstance(exc, DatabaseUnavailable):
+            return  # nothing can be written; held reservations are left to the sweeper
+        values = {
+            "status": "refused" if isinstance(exc, CostCapExceeded) and not run.attempts else "failed",
+            "error_type": exc.type, "error_message": exc.message[:2000],
+            "latency_ms": run.elapsed_ms(), "finished_at": self.budget.clock(),
+        }
+        try:
+            await self.budget.record_request(
+                run.cmd.request_id, values, None if run.request_written else self._request_row(run)
+            )
+        except DatabaseUnavailable:
+            logger.warning("could not record the failure of request %s", run.cmd.request_id)

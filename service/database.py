@@ -1,0 +1,78 @@
+"""The engine, and the one place a transaction is committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy.exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from service.embedded import asyncpg_url, start_embedded
+from service.errors import DatabaseUnavailable
+from service.settings import Settings
+
+# Errors that mean "the database cannot be reached", as opposed to a bug or a constraint violation.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.OperationalError,
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        name = type(exc.orig).__name__ if exc.orig is not None else ""
+        return name in {
+            "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+            "AdminShutdownError", "CrashShutdownError", "InterfaceError", "TooManyConnectionsError",
+        } or ("connection" in str(exc.orig).lower() and "closed" in str(exc.orig).lower())
+    return False
+
+
+def resolve_url(settings: Settings) -> str:
+    if settings.database_url:
+        return asyncpg_url(settings.database_url)
+    return start_embedded(settings.data_dir)
+
+
+class Database:
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_timeout_s,
+            pool_pre_ping=True,
+            connect_args={"timeout": settings.db_timeout_s, "command_timeout": settings.db_timeout_s * 2},
+        )
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A short transaction, committed on success; connectivity failures become DatabaseUnavailable."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise DatabaseUnavailable() from exc
+            raise
+
+    async def ping(self) -> None:
+        async with self.transaction() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,69 @@
+"""Team API keys: shown once, stored as a SHA-256 hash of a 256-bit random secret."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.database import Database
+from service.tables import ApiKey, Team
+
+KEY_PREFIX = "csk_"
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    team_id: uuid.UUID
+    team_name: str
+
+
+class KeyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def ensure_team(self, name: str) -> uuid.UUID:
+        await self.session.execute(insert(Team).values(id=uuid.uuid4(), name=name).on_conflict_do_nothing())
+        team_id = await self.session.scalar(select(Team.id).where(Team.name == name))
+        assert team_id is not None
+        return team_id
+
+    async def add_key(self, team_id: uuid.UUID, key: str) -> None:
+        self.session.add(ApiKey(team_id=team_id, prefix=key[:12], key_hash=hash_key(key)))
+
+    async def caller(self, key: str) -> Caller | None:
+        row = (
+            await self.session.execute(
+                select(Team.id, Team.name)
+                .join(ApiKey, ApiKey.team_id == Team.id)
+                .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+            )
+        ).one_or_none()
+        return Caller(row.id, row.name) if row else None
+
+
+async def issue_key(db: Database, team: str) -> str:
+    """Create the team if needed and a new key for it; the key is returned once and never stored."""
+    key = new_key()
+    async with db.transaction() as session:
+        repo = KeyRepository(session)
+        await repo.add_key(await repo.ensure_team(team), key)
+    return key
+
+
+async def authenticate(db: Database, key: str) -> Caller | None:
+    async with db.transaction() as session:
+        return await KeyRepository(session).caller(key)

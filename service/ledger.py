@@ -1,0 +1,93 @@
+"""The ledger (attempt rows) and request rows: SQL only, never commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.tables import Attempt, Request
+
+
+@dataclass(frozen=True)
+class HeldReservation:
+    attempt_id: int
+    request_id: uuid.UUID
+    cap_ids: list[int]
+    reserved_usd: Decimal
+
+
+class LedgerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_request(self, values: dict[str, Any]) -> None:
+        await self.session.execute(insert(Request).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+
+    async def add_attempt(self, values: dict[str, Any]) -> int:
+        attempt_id = await self.session.scalar(insert(Attempt).values(**values).returning(Attempt.id))
+        assert attempt_id is not None
+        return int(attempt_id)
+
+    async def settle_attempt(self, attempt_id: int, values: dict[str, Any]) -> HeldReservation | None:
+        """Mark a reserved attempt settled; None if it was settled already (by the sweeper)."""
+        row = (
+            await self.session.execute(
+                update(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.state == "reserved")
+                .values(state="settled", **values)
+                .returning(Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd)
+
+    async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal) -> None:
+        await self.session.execute(
+            update(Request).where(Request.id == request_id).values(cost_usd=Request.cost_usd + cost)
+        )
+
+    async def finish_request(self, request_id: uuid.UUID, values: dict[str, Any]) -> None:
+        await self.session.execute(update(Request).where(Request.id == request_id).values(**values))
+
+    async def stale_reservations(self, cutoff: datetime, limit: int) -> list[HeldReservation]:
+        """Reservations older than `cutoff`, locked; rows another sweeper holds are skipped."""
+        rows = await self.session.execute(
+            select(Attempt.id, Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd)
+            .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff)
+            .order_by(Attempt.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd) for r in rows]
+
+    async def abandon_stale_requests(self, cutoff: datetime, now: datetime) -> int:
+        """Requests whose holder died: mark them failed once none of their attempts is still held."""
+        held = select(Attempt.id).where(Attempt.request_id == Request.id, Attempt.state == "reserved").exists()
+        result = await self.session.execute(
+            update(Request)
+            .where(Request.status == "pending", Request.created_at < cutoff, ~held)
+            .values(status="failed", error_type="abandoned", finished_at=now,
+                    error_message="the replica serving this request stopped before it finished")
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def get_request(self, request_id: uuid.UUID, team_id: uuid.UUID) -> Request | None:
+        return await self.session.scalar(
+            select(Request).where(Request.id == request_id, Request.team_id == team_id)
+        )
+
+    async def attempts_of(self, request_id: uuid.UUID) -> Sequence[Attempt]:
+        return (
+            await self.session.scalars(
+                select(Attempt).where(Attempt.request_id == request_id).order_by(Attempt.attempt_no)
+            )
+        ).all()

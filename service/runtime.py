@@ -1,0 +1,71 @@
+"""The collaborators one process needs, built once at start-up and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from service.budget import Budget, utcnow
+from service.cascade import Cascade
+from service.catalog import Catalog
+from service.database import Database
+from service.errors import ConfigurationError, DatabaseUnavailable
+from service.settings import Settings
+from service.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    upstream: Upstream
+    budget: Budget
+    cascade: Cascade
+
+    @classmethod
+    def build(cls, settings: Settings, db_url: str) -> Runtime:
+        if settings.anthropic_api_key is None:
+            raise ConfigurationError(
+                "ANTHROPIC_API_KEY is not set. cascade never fakes answers: set a key, or point "
+                "ANTHROPIC_BASE_URL at `cascade simulator` with any key, or run `cascade demo`."
+            )
+        catalog = Catalog()
+        today = utcnow().date()
+        for model in (settings.cheap_model, settings.strong_model):
+            for warning in catalog.check_servable(model, today):
+                logger.warning(warning)
+        db = Database(db_url, settings)
+        upstream = Upstream(settings.anthropic_api_key.get_secret_value(), settings.anthropic_base_url,
+                            settings.upstream_pool_size)
+        budget = Budget(db, catalog, settings)
+        return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
+
+    async def run_sweeper(self) -> None:
+        """Settle orphaned reservations forever; every replica runs one, SKIP LOCKED keeps them apart."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.budget.sweep()
+            except DatabaseUnavailable:
+                logger.warning("sweeper: database unavailable, will retry")
+            except Exception:
+                logger.exception("sweeper failed")
+
+    @contextlib.asynccontextmanager
+    async def sweeping(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.run_sweeper(), name="reservation-sweeper")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        await self.db.dispose()

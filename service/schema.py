@@ -1,0 +1,31 @@
+"""Schema migrations, run by `cascade migrate` (never as a side effect of serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Blocking: call from a thread when an event loop is running (env.py runs its own)."""
+    command.upgrade(_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    command.downgrade(_config(url), revision)
+
+
+def head() -> str | None:
+    return ScriptDirectory.from_config(_config("")).get_current_head()

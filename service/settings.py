@@ -1,0 +1,132 @@
+"""The one settings object, read once at start and passed down."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias="DATABASE_URL",
+        description="PostgreSQL URL (postgresql://...). Unset: an embedded PostgreSQL under CASCADE_DATA_DIR.",
+    )
+    data_dir: Path = Field(
+        default=Path(".cascade"),
+        validation_alias="CASCADE_DATA_DIR",
+        description="Directory for local state: the embedded PostgreSQL cluster lives in <data_dir>/pg.",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="ANTHROPIC_API_KEY",
+        description="Anthropic API key. `serve` refuses to start without one; `demo` uses the simulator.",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias="ANTHROPIC_BASE_URL",
+        description="Override the Anthropic API base URL (e.g. a simulator at http://127.0.0.1:8900).",
+    )
+    cheap_model: str = Field(
+        default="claude-haiku-4-5-20251001",
+        validation_alias="CASCADE_CHEAP_MODEL",
+        description="Model asked first. Must be in the catalog and not retired.",
+    )
+    strong_model: str = Field(
+        default="claude-sonnet-5-5",
+        validation_alias="CASCADE_STRONG_MODEL",
+        description="Model a request escalates to. Sonnet 4.5 retires on 2026-11-30, hence Sonnet 5.5.",
+    )
+    threshold: Decimal = Field(
+        default=Decimal("0.85"),
+        ge=0,
+        le=1,
+        validation_alias="CASCADE_THRESHOLD",
+        description="Default confidence below which the cheap answer escalates. A request may only raise it.",
+    )
+    daily_cap_usd: Decimal = Field(
+        default=Decimal("50"),
+        ge=0,
+        validation_alias="CASCADE_DAILY_CAP_USD",
+        description="Global hard cap on upstream spend per UTC day.",
+    )
+    monthly_cap_usd: Decimal = Field(
+        default=Decimal("1000"),
+        ge=0,
+        validation_alias="CASCADE_MONTHLY_CAP_USD",
+        description="Global hard cap on upstream spend per UTC calendar month.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="CASCADE_ADMIN_KEY",
+        description="Key for the admin API. Unset: the admin API is disabled.",
+    )
+    max_text_chars: int = Field(
+        default=20_000, ge=1, validation_alias="CASCADE_MAX_TEXT_CHARS",
+        description="Longest text accepted for classification, in characters.",
+    )
+    max_labels: int = Field(
+        default=50, ge=2, validation_alias="CASCADE_MAX_LABELS", description="Most labels in one label set."
+    )
+    max_label_chars: int = Field(
+        default=64, ge=1, validation_alias="CASCADE_MAX_LABEL_CHARS", description="Longest label, in characters."
+    )
+    max_instructions_chars: int = Field(
+        default=2_000, ge=0, validation_alias="CASCADE_MAX_INSTRUCTIONS_CHARS",
+        description="Longest caller instructions, in characters.",
+    )
+    max_body_bytes: int = Field(
+        default=256_000, ge=1024, validation_alias="CASCADE_MAX_BODY_BYTES",
+        description="Largest request body accepted; larger bodies get 413.",
+    )
+    request_deadline_s: float = Field(
+        default=30.0, gt=0, validation_alias="CASCADE_REQUEST_DEADLINE_S",
+        description="Deadline for one classification, retries and escalation included.",
+    )
+    attempt_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias="CASCADE_ATTEMPT_TIMEOUT_S",
+        description="Timeout of one upstream call (also bounded by what is left of the deadline).",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=4, validation_alias="CASCADE_MAX_ATTEMPTS",
+        description="Upstream attempts per model per request, the first included.",
+    )
+    retry_base_s: float = Field(
+        default=0.25, gt=0, validation_alias="CASCADE_RETRY_BASE_S", description="Base of the full-jitter backoff."
+    )
+    retry_cap_s: float = Field(
+        default=4.0, gt=0, validation_alias="CASCADE_RETRY_CAP_S", description="Cap of one backoff sleep."
+    )
+    reservation_ttl_s: float = Field(
+        default=300.0, gt=0, validation_alias="CASCADE_RESERVATION_TTL_S",
+        description="Age after which the sweeper charges a held reservation at its worst case. "
+        "Must exceed the request deadline.",
+    )
+    sweep_interval_s: float = Field(
+        default=30.0, gt=0, validation_alias="CASCADE_SWEEP_INTERVAL_S",
+        description="How often each replica runs the reservation sweeper.",
+    )
+    upstream_pool_size: int = Field(
+        default=100, ge=1, validation_alias="CASCADE_UPSTREAM_POOL_SIZE",
+        description="Most concurrent connections to the Anthropic API per process.",
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, validation_alias="CASCADE_DB_POOL_SIZE", description="SQLAlchemy pool size per process."
+    )
+    db_max_overflow: int = Field(
+        default=20, ge=0, validation_alias="CASCADE_DB_MAX_OVERFLOW",
+        description="Extra DB connections allowed beyond the pool under bursts.",
+    )
+    db_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias="CASCADE_DB_TIMEOUT_S",
+        description="Connect and pool-checkout timeout; past it a request fails closed with 503.",
+    )
+
+    def model_post_init(self, __context: object) -> None:
+        if self.reservation_ttl_s <= self.request_deadline_s:
+            raise ValueError("CASCADE_RESERVATION_TTL_S must be longer than CASCADE_REQUEST_DEADLINE_S")

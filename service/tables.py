@@ -1,0 +1,184 @@
+"""ORM tables. The ledger is `attempts`: one row per upstream attempt, written *before* the call."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Money = Numeric(20, 10)
+TZDateTime = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Cap(Base):
+    """A hard spending cap for one scope (global, or a team) and one period (a UTC day or month)."""
+
+    __tablename__ = "caps"
+    __table_args__ = (
+        UniqueConstraint("scope", "team_id", "period", "period_start", postgresql_nulls_not_distinct=True,
+                         name="uq_caps_scope_team_period"),
+        CheckConstraint("scope IN ('global', 'team')", name="scope_known"),
+        CheckConstraint("period IN ('day', 'month')", name="period_known"),
+        CheckConstraint("(scope = 'team') = (team_id IS NOT NULL)", name="team_iff_team_scope"),
+        CheckConstraint("spent_usd >= 0 AND reserved_usd >= 0", name="amounts_not_negative"),
+        CheckConstraint("spent_usd + reserved_usd <= cap_usd", name="within_cap"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    period: Mapped[str] = mapped_column(String(8))
+    period_start: Mapped[date] = mapped_column(Date)
+    cap_usd: Mapped[Decimal] = mapped_column(Money)
+    spent_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    reserved_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
+
+
+class Request(Base):
+    """One client classification request and its outcome."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        Index("ix_requests_team_created", "team_id", "created_at"),
+        CheckConstraint("status IN ('pending', 'ok', 'failed', 'refused')", name="status_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    status: Mapped[str] = mapped_column(String(16))
+    task_hash: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[list[str]] = mapped_column(JSONB)
+    instructions: Mapped[str | None] = mapped_column(Text)
+    threshold: Mapped[Decimal] = mapped_column(Numeric(6, 4))
+    text_chars: Mapped[int] = mapped_column(Integer)
+    cheap_model: Mapped[str] = mapped_column(String(64))
+    strong_model: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
+    model: Mapped[str | None] = mapped_column(String(64))
+    escalated: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    escalation_reason: Mapped[str | None] = mapped_column(String(32))
+    cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    error_type: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Attempt(Base):
+    """The ledger: one row per upstream attempt.
+
+    The row is inserted with state 'reserved' and the worst-case amount in the same transaction that
+    reserves that amount on the cap rows, so an attempt exists in the ledger before any call is made.
+    Settling fills in the outcome and the actual cost and moves the money from reserved to spent.
+    """
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("request_id", "attempt_no", name="uq_attempts_request_attempt"),
+        Index("ix_attempts_billing_day_team", "billing_day", "team_id"),
+        Index("ix_attempts_reserved", "reserved_at", postgresql_where="state = 'reserved'"),
+        CheckConstraint("state IN ('reserved', 'settled')", name="state_known"),
+        CheckConstraint("stage IN ('cheap', 'strong')", name="stage_known"),
+        CheckConstraint("state = 'reserved' OR cost_usd IS NOT NULL", name="settled_has_cost"),
+        CheckConstraint("cost_usd IS NULL OR cost_usd >= 0", name="cost_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="RESTRICT"))
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(8))
+    model: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    cap_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    billing_day: Mapped[date] = mapped_column(Date)
+    reserved_usd: Mapped[Decimal] = mapped_column(Money)
+    input_token_bound: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    price_id: Mapped[str] = mapped_column(String(80))
+    price_input: Mapped[Decimal] = mapped_column(Money)
+    price_cache_write_5m: Mapped[Decimal] = mapped_column(Money)
+    price_cache_write_1h: Mapped[Decimal] = mapped_column(Money)
+    price_cache_read: Mapped[Decimal] = mapped_column(Money)
+    price_output: Mapped[Decimal] = mapped_column(Money)
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    label: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
+    escalation_reason: Mapped[str | None] = mapped_column(String(32))
+    # NULL token counts mean "unknown" (a timeout or a crash), never zero.
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_5m_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_1h_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    settled_by: Mapped[str | None] = mapped_column(String(16))
+    reserved_at: Mapped[datetime] = mapped_column(TZDateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+def table_names() -> list[str]:
+    return [t.name for t in Base.metadata.sorted_tables]
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}

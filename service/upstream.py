@@ -1,0 +1,166 @@
+"""The one module that talks to the Anthropic SDK. It never retries: `service.retry` owns that."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anthropic
+import httpx2
+from anthropic.types import Message
+
+from service.catalog import TokenUsage
+from service.prompt import MessageRequest
+
+# Statuses worth another attempt. A 429 without retry-after is a spend or tier cap: not retried.
+_RETRYABLE_STATUS = {429, 500, 502, 503, 504, 529}
+# Transport errors raised before any byte reached the API: nothing can have been billed.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    text: str | None
+    stop_reason: str | None
+    usage: TokenUsage
+    request_id: str | None
+    latency_ms: int
+
+
+class UpstreamFailure(Exception):
+    """An attempt that produced no reply. `billed_unknown` means it may have reached the API anyway."""
+
+    def __init__(
+        self,
+        outcome: str,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+        billed_unknown: bool = False,
+        latency_ms: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+        self.billed_unknown = billed_unknown
+        self.latency_ms = latency_ms
+
+    @property
+    def retryable(self) -> bool:
+        if self.status is None:
+            return True  # timeouts and connection errors
+        if self.status == 429:
+            return self.retry_after_s is not None
+        return self.status in _RETRYABLE_STATUS
+
+
+def retry_after(headers: httpx2.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date), if given."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _outcome_for(status: int) -> str:
+    return {429: "rate_limited", 529: "overloaded", 400: "bad_request", 401: "auth_error",
+            403: "permission_error", 404: "not_found", 413: "too_large"}.get(
+        status, "server_error" if status >= 500 else "client_error")
+
+
+def _usage(message: Message) -> TokenUsage:
+    usage = message.usage
+    split = usage.cache_creation
+    cw5m = split.ephemeral_5m_input_tokens if split else (usage.cache_creation_input_tokens or 0)
+    cw1h = split.ephemeral_1h_input_tokens if split else 0
+    return TokenUsage(
+        input=usage.input_tokens,
+        cache_write_5m=cw5m,
+        cache_write_1h=cw1h,
+        cache_read=usage.cache_read_input_tokens or 0,
+        output=usage.output_tokens,
+    )
+
+
+class Upstream:
+    def __init__(self, api_key: str, base_url: str | None, pool_size: int) -> None:
+        self._http = httpx2.AsyncClient(
+            limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+        )
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, http_client=self._http
+        )
+
+    async def create(self, request: MessageRequest, timeout_s: float) -> UpstreamReply:
+        started = time.monotonic()
+        timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
+        body: dict[str, Any] = request.body
+        try:
+            raw = await self._client.messages.with_raw_response.create(**body, timeout=timeout)
+            message = await raw.parse()
+        except anthropic.APIStatusError as exc:
+            raise UpstreamFailure(
+                _outcome_for(exc.status_code),
+                _error_message(exc),
+                status=exc.status_code,
+                request_id=exc.request_id,
+                retry_after_s=retry_after(exc.response.headers),
+                latency_ms=_ms_since(started),
+            ) from exc
+        except anthropic.APITimeoutError as exc:
+            raise UpstreamFailure(
+                "timeout", f"no answer within {timeout_s:.1f}s",
+                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT), latency_ms=_ms_since(started),
+            ) from exc
+        except anthropic.APIConnectionError as exc:
+            raise UpstreamFailure(
+                "connection_error", f"connection failed: {exc.__cause__ or exc}",
+                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT), latency_ms=_ms_since(started),
+            ) from exc
+        except anthropic.APIResponseValidationError as exc:
+            raise UpstreamFailure(
+                "malformed_response", f"the API answered with a body that is not a Message: {exc}",
+                status=exc.status_code, billed_unknown=True, latency_ms=_ms_since(started),
+            ) from exc
+        text = next((block.text for block in message.content if block.type == "text"), None)
+        return UpstreamReply(
+            text=text,
+            stop_reason=message.stop_reason,
+            usage=_usage(message),
+            request_id=raw.headers.get("request-id") or getattr(message, "_request_id", None),
+            latency_ms=_ms_since(started),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        await self._http.aclose()
+
+
+def _error_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return f"{exc.status_code} {body['error'].get('type')}: {body['error'].get('message')}"
+    return f"{exc.status_code}: {exc.message}"
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
