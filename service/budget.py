@@ -101,21 +101,23 @@ class Budget:
                 raise await self._refusal(caps, keys, ids, amount)  # rolls the transaction back
             if new_request is not None:
                 await ledger.add_request(new_request)
-            attempt_id = await ledger.add_attempt({
-                "request_id": plan.request_id,
-                "team_id": plan.team_id,
-                "attempt_no": plan.attempt_no,
-                "stage": plan.stage,
-                "model": plan.model,
-                "state": "reserved",
-                "cap_ids": ids,
-                "billing_day": day,
-                "reserved_usd": amount,
-                "input_token_bound": plan.input_token_bound,
-                "max_tokens": plan.max_tokens,
-                "reserved_at": at,
-                **_price_columns(price),
-            })
+            attempt_id = await ledger.add_attempt(
+                {
+                    "request_id": plan.request_id,
+                    "team_id": plan.team_id,
+                    "attempt_no": plan.attempt_no,
+                    "stage": plan.stage,
+                    "model": plan.model,
+                    "state": "reserved",
+                    "cap_ids": ids,
+                    "billing_day": day,
+                    "reserved_usd": amount,
+                    "input_token_bound": plan.input_token_bound,
+                    "max_tokens": plan.max_tokens,
+                    "reserved_at": at,
+                    **_price_columns(price),
+                }
+            )
         return Reservation(attempt_id, plan.model, amount, at)
 
     async def _cap_id(self, caps: CapRepository, key: CapKey) -> int:
@@ -142,8 +144,9 @@ class Budget:
                     cap=key.label.replace(" ", "_"),
                     remaining_usd=remaining,
                 )
-        return CostCapExceeded("a cost cap changed during the reservation; retry", cap="unknown",
-                               remaining_usd=Decimal(0))
+        return CostCapExceeded(
+            "a cost cap changed during the reservation; retry", cap="unknown", remaining_usd=Decimal(0)
+        )
 
     async def settle(
         self, reservation: Reservation, result: Settlement, finish: dict[str, Any] | None = None
@@ -161,8 +164,9 @@ class Budget:
             cost = price.cost(result.usage)
             if cost > reservation.amount:
                 # The bound is built to make this impossible; if it happens the truth is recorded anyway.
-                logger.error("attempt %s cost %s above its reservation %s", reservation.attempt_id, cost,
-                             reservation.amount)
+                logger.error(
+                    "attempt %s cost %s above its reservation %s", reservation.attempt_id, cost, reservation.amount
+                )
             price_cols = _price_columns(price)
             tokens = {
                 "input_tokens": result.usage.input,
@@ -173,22 +177,25 @@ class Budget:
             }
         async with self.db.transaction() as session:
             ledger = LedgerRepository(session)
-            held = await ledger.settle_attempt(reservation.attempt_id, {
-                "outcome": result.outcome,
-                "http_status": result.http_status,
-                "stop_reason": result.stop_reason,
-                "label": result.label,
-                "confidence": result.confidence,
-                "escalation_reason": result.escalation_reason,
-                "upstream_request_id": result.upstream_request_id,
-                "latency_ms": result.latency_ms,
-                "error_message": result.error_message,
-                "cost_usd": cost,
-                "settled_by": "holder",
-                "settled_at": self.clock(),
-                **price_cols,
-                **tokens,
-            })
+            held = await ledger.settle_attempt(
+                reservation.attempt_id,
+                {
+                    "outcome": result.outcome,
+                    "http_status": result.http_status,
+                    "stop_reason": result.stop_reason,
+                    "label": result.label,
+                    "confidence": result.confidence,
+                    "escalation_reason": result.escalation_reason,
+                    "upstream_request_id": result.upstream_request_id,
+                    "latency_ms": result.latency_ms,
+                    "error_message": result.error_message,
+                    "cost_usd": cost,
+                    "settled_by": "holder",
+                    "settled_at": self.clock(),
+                    **price_cols,
+                    **tokens,
+                },
+            )
             if held is None:
                 logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
                 return None
@@ -198,8 +205,9 @@ class Budget:
                 await ledger.finish_request(held.request_id, finish)
         return cost
 
-    async def record_request(self, request_id: uuid.UUID, values: dict[str, Any],
-                             new_request: dict[str, Any] | None = None) -> None:
+    async def record_request(
+        self, request_id: uuid.UUID, values: dict[str, Any], new_request: dict[str, Any] | None = None
+    ) -> None:
         """Write a request's outcome; `new_request` creates the row if no attempt ever did."""
         async with self.db.transaction() as session:
             ledger = LedgerRepository(session)
@@ -216,13 +224,16 @@ class Budget:
             caps = CapRepository(session)
             stale = await ledger.stale_reservations(cutoff, batch)
             for held in stale:
-                await ledger.settle_attempt(held.attempt_id, {
-                    "outcome": "unknown",
-                    "cost_usd": held.reserved_usd,
-                    "settled_by": "sweeper",
-                    "settled_at": now,
-                    "error_message": "holder did not settle within the reservation TTL; charged the worst case",
-                })
+                await ledger.settle_attempt(
+                    held.attempt_id,
+                    {
+                        "outcome": "unknown",
+                        "cost_usd": held.reserved_usd,
+                        "settled_by": "sweeper",
+                        "settled_at": now,
+                        "error_message": "holder did not settle within the reservation TTL; charged the worst case",
+                    },
+                )
                 await caps.settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
                 await ledger.add_request_cost(held.request_id, held.reserved_usd)
             await ledger.abandon_stale_requests(cutoff, now)

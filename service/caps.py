@@ -66,8 +66,9 @@ class CapRepository:
         """Create the row for this key if missing (first charge of a period) and return its id."""
         stmt = (
             insert(Cap)
-            .values(scope=key.scope, team_id=key.team_id, period=key.period, period_start=key.period_start,
-                    cap_usd=cap_usd)
+            .values(
+                scope=key.scope, team_id=key.team_id, period=key.period, period_start=key.period_start, cap_usd=cap_usd
+            )
             .on_conflict_do_nothing(constraint="uq_caps_scope_team_period")
         )
         await self.session.execute(stmt)
@@ -103,17 +104,24 @@ class CapRepository:
                 WHERE scope = :scope AND team_id IS NOT DISTINCT FROM :team_id
                   AND period = :period AND period_start = :start
             """),
-            {"cap": cap_usd, "scope": key.scope, "team_id": key.team_id, "period": key.period,
-             "start": key.period_start},
+            {
+                "cap": cap_usd,
+                "scope": key.scope,
+                "team_id": key.team_id,
+                "period": key.period,
+                "start": key.period_start,
+            },
         )
 
     async def current(self, day: date, team_id: uuid.UUID | None = None) -> list[Cap]:
         keys = period_keys(day, team_id)
         rows = await self.session.scalars(
-            select(Cap).where(
+            select(Cap)
+            .where(
                 Cap.period_start.in_({k.period_start for k in keys}),
                 (Cap.scope == "global") | (Cap.team_id == team_id),
-            ).order_by(Cap.scope, Cap.period)
+            )
+            .order_by(Cap.scope, Cap.period)
         )
         wanted = {(k.scope, k.team_id, k.period, k.period_start) for k in keys}
         return [c for c in rows if (c.scope, c.team_id, c.period, c.period_start) in wanted]

@@ -96,8 +96,7 @@ class Cascade:
         self.strong = catalog.model(settings.strong_model)
 
     async def classify(self, cmd: ClassifyCommand) -> Classification:
-        run = _Run(cmd, created_at=self.budget.clock(),
-                   deadline=Deadline.after(self.settings.request_deadline_s))
+        run = _Run(cmd, created_at=self.budget.clock(), deadline=Deadline.after(self.settings.request_deadline_s))
         try:
             return await self._classify(run)
         except CascadeError as exc:
@@ -117,15 +116,29 @@ class Cascade:
             answer, model = strong, self.strong
         assert isinstance(answer, Answer)
         result = Classification(
-            id=run.cmd.request_id, label=answer.label, confidence=answer.confidence, model=model.id,
-            escalated=reason is not None, escalation_reason=reason, attempts=run.attempts,
-            cost_usd=run.cost, latency_ms=run.elapsed_ms(),
+            id=run.cmd.request_id,
+            label=answer.label,
+            confidence=answer.confidence,
+            model=model.id,
+            escalated=reason is not None,
+            escalation_reason=reason,
+            attempts=run.attempts,
+            cost_usd=run.cost,
+            latency_ms=run.elapsed_ms(),
         )
-        await self.budget.record_request(run.cmd.request_id, {
-            "status": "ok", "label": result.label, "confidence": result.confidence, "model": result.model,
-            "escalated": result.escalated, "escalation_reason": result.escalation_reason,
-            "latency_ms": result.latency_ms, "finished_at": self.budget.clock(),
-        })
+        await self.budget.record_request(
+            run.cmd.request_id,
+            {
+                "status": "ok",
+                "label": result.label,
+                "confidence": result.confidence,
+                "model": result.model,
+                "escalated": result.escalated,
+                "escalation_reason": result.escalation_reason,
+                "latency_ms": result.latency_ms,
+                "finished_at": self.budget.clock(),
+            },
+        )
         return result
 
     async def _stage(self, run: _Run, stage: str, model: ModelInfo) -> Verdict:
@@ -150,8 +163,12 @@ class Cascade:
         if remaining < MIN_ATTEMPT_S:
             raise DeadlineExceeded(f"the {self.settings.request_deadline_s:g}s deadline passed")
         plan = AttemptPlan(
-            request_id=run.cmd.request_id, team_id=run.cmd.team_id, attempt_no=len(run.attempts) + 1,
-            stage=stage, model=request.model, input_token_bound=request.input_token_bound,
+            request_id=run.cmd.request_id,
+            team_id=run.cmd.team_id,
+            attempt_no=len(run.attempts) + 1,
+            stage=stage,
+            model=request.model,
+            input_token_bound=request.input_token_bound,
             max_tokens=request.max_tokens,
         )
         reservation = await self.budget.reserve(plan, None if run.request_written else self._request_row(run))
@@ -159,35 +176,53 @@ class Cascade:
         try:
             reply = await self.upstream.create(request, min(self.settings.attempt_timeout_s, remaining))
         except UpstreamFailure as failure:
-            await self._settle(run, plan, reservation, Settlement(
-                outcome=failure.outcome,
-                usage=None if failure.billed_unknown else TokenUsage(),
-                http_status=failure.status,
-                upstream_request_id=failure.request_id,
-                latency_ms=failure.latency_ms,
-                error_message=failure.message,
-            ))
+            await self._settle(
+                run,
+                plan,
+                reservation,
+                Settlement(
+                    outcome=failure.outcome,
+                    usage=None if failure.billed_unknown else TokenUsage(),
+                    http_status=failure.status,
+                    upstream_request_id=failure.request_id,
+                    latency_ms=failure.latency_ms,
+                    error_message=failure.message,
+                ),
+            )
             raise
         except BaseException:
             # Cancelled mid-call: the call may have been billed, so charge the reservation now.
-            settling = asyncio.ensure_future(self._settle(run, plan, reservation, Settlement(
-                outcome="cancelled", usage=None, error_message="the request was cancelled during the call")))
+            settling = asyncio.ensure_future(
+                self._settle(
+                    run,
+                    plan,
+                    reservation,
+                    Settlement(
+                        outcome="cancelled", usage=None, error_message="the request was cancelled during the call"
+                    ),
+                )
+            )
             await asyncio.shield(settling)
             raise
         verdict = read_answer(reply.text, reply.stop_reason, run.cmd.task.labels)
         reason = escalation(verdict, run.cmd.threshold) if stage == "cheap" else None
-        await self._settle(run, plan, reservation, Settlement(
-            outcome="answered" if isinstance(verdict, Answer) else str(verdict.reason),
-            usage=reply.usage,
-            http_status=200,
-            stop_reason=reply.stop_reason,
-            label=verdict.label if isinstance(verdict, Answer) else None,
-            confidence=verdict.confidence if isinstance(verdict, Answer) else None,
-            escalation_reason=reason,
-            upstream_request_id=reply.request_id,
-            latency_ms=reply.latency_ms,
-            error_message=verdict.detail if isinstance(verdict, Defect) else None,
-        ))
+        await self._settle(
+            run,
+            plan,
+            reservation,
+            Settlement(
+                outcome="answered" if isinstance(verdict, Answer) else str(verdict.reason),
+                usage=reply.usage,
+                http_status=200,
+                stop_reason=reply.stop_reason,
+                label=verdict.label if isinstance(verdict, Answer) else None,
+                confidence=verdict.confidence if isinstance(verdict, Answer) else None,
+                escalation_reason=reason,
+                upstream_request_id=reply.request_id,
+                latency_ms=reply.latency_ms,
+                error_message=verdict.detail if isinstance(verdict, Defect) else None,
+            ),
+        )
         return verdict
 
     async def _settle(self, run: _Run, plan: AttemptPlan, reservation: Reservation, result: Settlement) -> None:
@@ -200,20 +235,36 @@ class Cascade:
                 if attempt == _SETTLE_TRIES - 1:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)
-        run.attempts.append(AttemptRecord(
-            attempt_no=plan.attempt_no, stage=plan.stage, model=plan.model, outcome=result.outcome,
-            cost_usd=reservation.amount if charged is None else charged, usage=result.usage,
-            latency_ms=result.latency_ms, upstream_request_id=result.upstream_request_id,
-            stop_reason=result.stop_reason, label=result.label, confidence=result.confidence,
-            escalation_reason=result.escalation_reason,
-        ))
+        run.attempts.append(
+            AttemptRecord(
+                attempt_no=plan.attempt_no,
+                stage=plan.stage,
+                model=plan.model,
+                outcome=result.outcome,
+                cost_usd=reservation.amount if charged is None else charged,
+                usage=result.usage,
+                latency_ms=result.latency_ms,
+                upstream_request_id=result.upstream_request_id,
+                stop_reason=result.stop_reason,
+                label=result.label,
+                confidence=result.confidence,
+                escalation_reason=result.escalation_reason,
+            )
+        )
 
     def _request_row(self, run: _Run) -> dict[str, Any]:
         cmd = run.cmd
         return {
-            "id": cmd.request_id, "team_id": cmd.team_id, "status": "pending", "task_hash": cmd.task.hash,
-            "labels": list(cmd.task.labels), "instructions": cmd.task.instructions, "threshold": cmd.threshold,
-            "text_chars": len(cmd.text), "cheap_model": self.cheap.id, "strong_model": self.strong.id,
+            "id": cmd.request_id,
+            "team_id": cmd.team_id,
+            "status": "pending",
+            "task_hash": cmd.task.hash,
+            "labels": list(cmd.task.labels),
+            "instructions": cmd.task.instructions,
+            "threshold": cmd.threshold,
+            "text_chars": len(cmd.text),
+            "cheap_model": self.cheap.id,
+            "strong_model": self.strong.id,
             "created_at": run.created_at,
         }
 
@@ -222,8 +273,10 @@ class Cascade:
             return  # nothing can be written; held reservations are left to the sweeper
         values = {
             "status": "refused" if isinstance(exc, CostCapExceeded) and not run.attempts else "failed",
-            "error_type": exc.type, "error_message": exc.message[:2000],
-            "latency_ms": run.elapsed_ms(), "finished_at": self.budget.clock(),
+            "error_type": exc.type,
+            "error_message": exc.message[:2000],
+            "latency_ms": run.elapsed_ms(),
+            "finished_at": self.budget.clock(),
         }
         try:
             await self.budget.record_request(

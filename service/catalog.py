@@ -87,10 +87,16 @@ def _d(value: str) -> Decimal:
 
 
 MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "haiku", 200_000, 64_000,
-              aliases=("claude-haiku-4-5",)),
-    ModelInfo("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "sonnet", 200_000, 64_000,
-              retires_on=date(2026, 11, 30), aliases=("claude-sonnet-4-5",)),
+    ModelInfo("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "haiku", 200_000, 64_000, aliases=("claude-haiku-4-5",)),
+    ModelInfo(
+        "claude-sonnet-4-5-20250929",
+        "Claude Sonnet 4.5",
+        "sonnet",
+        200_000,
+        64_000,
+        retires_on=date(2026, 11, 30),
+        aliases=("claude-sonnet-4-5",),
+    ),
     ModelInfo("claude-sonnet-4-6", "Claude Sonnet 4.6", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-sonnet-5-5", "Claude Sonnet 5.5", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-haiku-5-5", "Claude Haiku 5.5", "haiku", 1_000_000, 128_000, thinks_by_default=True),
@@ -107,8 +113,16 @@ PRICES: tuple[PriceRow, ...] = (
     PriceRow("claude-haiku-5-5", date(2026, 10, 7), _d("0.10"), _d("0.125"), _d("0.20"), _d("0.01"), _d("0.50")),
     # Above 100K prompt tokens only input and output prices are published; the cache kinds keep the same
     # multipliers of the input price (1.25x, 2x, 0.1x).
-    PriceRow("claude-haiku-5-5", date(2026, 10, 7), _d("0.50"), _d("0.625"), _d("1.00"), _d("0.05"), _d("2.50"),
-             above_prompt_tokens=100_000),
+    PriceRow(
+        "claude-haiku-5-5",
+        date(2026, 10, 7),
+        _d("0.50"),
+        _d("0.625"),
+        _d("1.00"),
+        _d("0.05"),
+        _d("2.50"),
+        above_prompt_tokens=100_000,
+    ),
 )
 
 
@@ -130,7 +144,8 @@ class Catalog:
         model = self.model(model_id).id
         day = at.date()
         rows = [
-            p for p in self._prices
+            p
+            for p in self._prices
             if p.model == model
             and p.effective_from <= day
             and (p.above_prompt_tokens == 0 or prompt_tokens > p.above_prompt_tokens)

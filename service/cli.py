@@ -41,8 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--latency-ms", type=float, default=0.0)
-    sim.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
-                     help="random fault rate, e.g. --fault 529=0.05 (repeatable)")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="random fault rate, e.g. --fault 529=0.05 (repeatable)",
+    )
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -75,8 +80,15 @@ def main(argv: list[str] | None = None) -> None:
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
     from service.demo import DemoOptions, run_demo
 
-    options = DemoOptions(requests=args.requests, concurrency=args.concurrency, live=args.live, seed=args.seed,
-                          team=args.team, as_json=args.json, keep_serving=args.keep_serving)
+    options = DemoOptions(
+        requests=args.requests,
+        concurrency=args.concurrency,
+        live=args.live,
+        seed=args.seed,
+        team=args.team,
+        as_json=args.json,
+        keep_serving=args.keep_serving,
+    )
     asyncio.run(run_demo(settings, options, Console()))
 
 
@@ -87,8 +99,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     if settings.anthropic_api_key is None:
         Runtime.build(settings, "")  # raises the one clear ConfigurationError
-    uvicorn.run("service.api.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info")
+    uvicorn.run(
+        "service.api.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+    )
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:

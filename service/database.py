@@ -32,8 +32,13 @@ def is_unreachable(exc: BaseException) -> bool:
             return True
         name = type(exc.orig).__name__ if exc.orig is not None else ""
         return name in {
-            "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
-            "AdminShutdownError", "CrashShutdownError", "InterfaceError", "TooManyConnectionsError",
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "ConnectionFailureError",
+            "AdminShutdownError",
+            "CrashShutdownError",
+            "InterfaceError",
+            "TooManyConnectionsError",
         } or ("connection" in str(exc.orig).lower() and "closed" in str(exc.orig).lower())
     return False
 

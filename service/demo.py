@@ -6,21 +6,19 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from service import schema
 from service.api.app import create_app
+from service.api.server import serving
 from service.budget import utcnow
 from service.catalog import Catalog
 from service.database import Database, resolve_url
@@ -42,47 +40,28 @@ class DemoOptions:
     keep_serving: bool = False
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def _serving(settings: Settings, db_url: str) -> AsyncIterator[str]:
-    sock = _free_socket()
-    app = create_app(settings, db_url)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 def workload(count: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     picks = [SAMPLES[rng.randrange(len(SAMPLES))] for _ in range(count)]
-    return [{"text": s.text, "labels": LABEL_SETS[s.task], "instructions": TASK_INSTRUCTIONS[s.task]}
-            for s in picks]
+    return [{"text": s.text, "labels": LABEL_SETS[s.task], "instructions": TASK_INSTRUCTIONS[s.task]} for s in picks]
 
 
-async def _send_all(url: str, key: str, bodies: list[dict[str, Any]], concurrency: int,
-                    console: Console, quiet: bool) -> tuple[dict[int, int], str | None]:
+async def _send_all(
+    url: str, key: str, bodies: list[dict[str, Any]], concurrency: int, console: Console, quiet: bool
+) -> tuple[dict[int, int], str | None]:
     statuses: dict[int, int] = {}
     escalated_id: list[str] = []
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    progress = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=quiet)
+    progress = Progress(
+        TextColumn("classifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as client:
         with progress:
@@ -122,22 +101,31 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         else:
             reason = "no ANTHROPIC_API_KEY is set" if settings.anthropic_api_key is None else "--live not given"
             sim = await stack.enter_async_context(
-                Simulator(SimulatorConfig(seed=options.seed, latency_ms=25, latency_per_output_token_ms=1,
-                                          latency_jitter_ms=15)))
-            say(f"[bold yellow]Upstream: the built-in Anthropic simulator at {sim.url} ({reason}); "
-                "answers are simulated, not Claude's.[/]")
-            service_settings = settings.model_copy(update={
-                "anthropic_api_key": "simulator", "anthropic_base_url": sim.url})
+                Simulator(
+                    SimulatorConfig(
+                        seed=options.seed, latency_ms=25, latency_per_output_token_ms=1, latency_jitter_ms=15
+                    )
+                )
+            )
+            say(
+                f"[bold yellow]Upstream: the built-in Anthropic simulator at {sim.url} ({reason}); "
+                "answers are simulated, not Claude's.[/]"
+            )
+            service_settings = settings.model_copy(
+                update={"anthropic_api_key": "simulator", "anthropic_base_url": sim.url}
+            )
         service_settings = Settings.model_validate(service_settings.model_dump())
-        url = await stack.enter_async_context(_serving(service_settings, db_url))
+        url = await stack.enter_async_context(serving(create_app(service_settings, db_url)))
         db = Database(db_url, settings)
         stack.push_async_callback(db.dispose)
         key = await issue_key(db, options.team)
         team_id = await _team_id(db, options.team)
         started = utcnow()
         bodies = workload(options.requests, options.seed)
-        say(f"Sending {len(bodies)} requests over {len(LABEL_SETS)} label sets, "
-            f"{options.concurrency} at a time, to {url}")
+        say(
+            f"Sending {len(bodies)} requests over {len(LABEL_SETS)} label sets, "
+            f"{options.concurrency} at a time, to {url}"
+        )
         t0 = time.monotonic()
         statuses, escalated_id = await _send_all(url, key, bodies, options.concurrency, console, quiet)
         elapsed = time.monotonic() - t0
@@ -169,9 +157,16 @@ async def _caps(db_url: str, settings: Settings) -> list[dict[str, str]]:
         rows = await Budget(db, Catalog(), settings).status()
     finally:
         await db.dispose()
-    return [{"cap": f"{r.scope} {r.period} {r.period_start}", "cap_usd": _money(r.cap_usd),
-             "spent_usd": _money(r.spent_usd), "reserved_usd": _money(r.reserved_usd),
-             "remaining_usd": _money(r.cap_usd - r.spent_usd - r.reserved_usd)} for r in rows]
+    return [
+        {
+            "cap": f"{r.scope} {r.period} {r.period_start}",
+            "cap_usd": _money(r.cap_usd),
+            "spent_usd": _money(r.spent_usd),
+            "reserved_usd": _money(r.reserved_usd),
+            "remaining_usd": _money(r.cap_usd - r.spent_usd - r.reserved_usd),
+        }
+        for r in rows
+    ]
 
 
 def _money(value: Decimal) -> str:
@@ -186,11 +181,16 @@ def report_json(report: RunReport, statuses: dict[int, int], caps: list[dict[str
         "escalated": report.escalated,
         "escalation_rate": str(report.escalation_rate),
         "escalation_reasons": report.reasons,
-        "models": [{"model": m.model, "attempts": m.attempts, "tokens": dict(m.tokens),
-                    "cost_usd": _money(m.cost_usd)} for m in report.models],
+        "models": [
+            {"model": m.model, "attempts": m.attempts, "tokens": dict(m.tokens), "cost_usd": _money(m.cost_usd)}
+            for m in report.models
+        ],
         "total_cost_usd": _money(report.total_cost_usd),
-        "cost_per_request_usd": {"mean": _money(report.cost_mean_usd), "p50": _money(report.cost_p50_usd),
-                                 "p95": _money(report.cost_p95_usd)},
+        "cost_per_request_usd": {
+            "mean": _money(report.cost_mean_usd),
+            "p50": _money(report.cost_p50_usd),
+            "p95": _money(report.cost_p95_usd),
+        },
         "all_strong_cost_usd": _money(report.all_strong_cost_usd),
         "savings_usd": _money(report.savings_usd),
         "savings_pct": str(round(report.savings_pct, 2)),
@@ -198,28 +198,49 @@ def report_json(report: RunReport, statuses: dict[int, int], caps: list[dict[str
     }
 
 
-def _print_report(console: Console, report: RunReport, statuses: dict[int, int], elapsed: float,
-                  caps: list[dict[str, str]], url: str, key: str, escalated_id: str | None,
-                  keep_serving: bool) -> None:
+def _print_report(
+    console: Console,
+    report: RunReport,
+    statuses: dict[int, int],
+    elapsed: float,
+    caps: list[dict[str, str]],
+    url: str,
+    key: str,
+    escalated_id: str | None,
+    keep_serving: bool,
+) -> None:
     console.print()
-    console.print(f"[bold]{report.requests} requests[/] in {elapsed:.1f}s; HTTP statuses: "
-                  + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+    console.print(
+        f"[bold]{report.requests} requests[/] in {elapsed:.1f}s; HTTP statuses: "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+    )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.reasons.items())) or "none"
-    console.print(f"Escalated: {report.escalated} ({report.escalation_rate * 100:.1f}% of answered); "
-                  f"reasons: {reasons}")
+    console.print(
+        f"Escalated: {report.escalated} ({report.escalation_rate * 100:.1f}% of answered); reasons: {reasons}"
+    )
     table = Table(title="Tokens and cost per model")
     table.add_column("model", no_wrap=True)
     for column in ("attempts", "input", "cache w", "cache r", "output", "cost USD"):
         table.add_column(column, justify="right")
     for m in report.models:
-        table.add_row(m.model, str(m.attempts), str(m.tokens["input"]),
-                      str(m.tokens["cache_write_5m"] + m.tokens["cache_write_1h"]), str(m.tokens["cache_read"]),
-                      str(m.tokens["output"]), f"{m.cost_usd:.6f}")
+        table.add_row(
+            m.model,
+            str(m.attempts),
+            str(m.tokens["input"]),
+            str(m.tokens["cache_write_5m"] + m.tokens["cache_write_1h"]),
+            str(m.tokens["cache_read"]),
+            str(m.tokens["output"]),
+            f"{m.cost_usd:.6f}",
+        )
     console.print(table)
-    console.print(f"Cost per request: mean ${report.cost_mean_usd:.6f}, p50 ${report.cost_p50_usd:.6f}, "
-                  f"p95 ${report.cost_p95_usd:.6f}; total ${report.total_cost_usd:.6f}")
-    console.print(f"All to the strong model would have cost ${report.all_strong_cost_usd:.6f}: "
-                  f"the cascade saved ${report.savings_usd:.6f} ({report.savings_pct:.1f}%)")
+    console.print(
+        f"Cost per request: mean ${report.cost_mean_usd:.6f}, p50 ${report.cost_p50_usd:.6f}, "
+        f"p95 ${report.cost_p95_usd:.6f}; total ${report.total_cost_usd:.6f}"
+    )
+    console.print(
+        f"All to the strong model would have cost ${report.all_strong_cost_usd:.6f}: "
+        f"the cascade saved ${report.savings_usd:.6f} ({report.savings_pct:.1f}%)"
+    )
     caps_table = Table(title="Caps")
     for column in ("cap", "cap_usd", "spent_usd", "reserved_usd", "remaining_usd"):
         caps_table.add_column(column)
@@ -229,5 +250,4 @@ def _print_report(console: Console, report: RunReport, statuses: dict[int, int],
     if escalated_id:
         how = "now" if keep_serving else "with `uv run cascade demo --keep-serving`"
         console.print(f"Audit one escalated request ({how}):")
-        console.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/requests/{escalated_id}",
-                      soft_wrap=True)
+        console.print(f"  curl -s -H 'Authorization: Bearer {key}' {url}/v1/requests/{escalated_id}", soft_wrap=True)

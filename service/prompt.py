@@ -30,8 +30,9 @@ class Task:
 
     @property
     def hash(self) -> str:
-        canonical = json.dumps({"labels": list(self.labels), "instructions": self.instructions},
-                               ensure_ascii=False, separators=(",", ":"))
+        canonical = json.dumps(
+            {"labels": list(self.labels), "instructions": self.instructions}, ensure_ascii=False, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

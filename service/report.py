@@ -48,16 +48,23 @@ def nearest_rank(sorted_values: list[Decimal], pct: int) -> Decimal:
     return sorted_values[rank - 1]
 
 
-async def run_report(db: Database, catalog: Catalog, strong_model: str, team_id: uuid.UUID,
-                     since: datetime) -> RunReport:
+async def run_report(
+    db: Database, catalog: Catalog, strong_model: str, team_id: uuid.UUID, since: datetime
+) -> RunReport:
     async with db.transaction() as session:
-        requests = (await session.scalars(
-            select(Request).where(Request.team_id == team_id, Request.created_at >= since)
-        )).all()
+        requests = (
+            await session.scalars(select(Request).where(Request.team_id == team_id, Request.created_at >= since))
+        ).all()
         ids = [r.id for r in requests]
-        attempts = (await session.scalars(
-            select(Attempt).where(Attempt.request_id.in_(ids)).order_by(Attempt.request_id, Attempt.attempt_no)
-        )).all() if ids else []
+        attempts = (
+            (
+                await session.scalars(
+                    select(Attempt).where(Attempt.request_id.in_(ids)).order_by(Attempt.request_id, Attempt.attempt_no)
+                )
+            ).all()
+            if ids
+            else []
+        )
 
     by_request: dict[uuid.UUID, list[Attempt]] = {}
     models: dict[str, ModelSpend] = {}
@@ -107,7 +114,11 @@ def _all_strong_cost(catalog: Catalog, strong_model: str, attempts: list[Attempt
     if not cheap:
         return Decimal(0)
     a = cheap[-1]
-    usage = TokenUsage(input=a.input_tokens or 0, cache_write_5m=a.cache_write_5m_tokens or 0,
-                       cache_write_1h=a.cache_write_1h_tokens or 0, cache_read=a.cache_read_tokens or 0,
-                       output=a.output_tokens or 0)
+    usage = TokenUsage(
+        input=a.input_tokens or 0,
+        cache_write_5m=a.cache_write_5m_tokens or 0,
+        cache_write_1h=a.cache_write_1h_tokens or 0,
+        cache_read=a.cache_read_tokens or 0,
+        output=a.output_tokens or 0,
+    )
     return catalog.price(strong_model, a.reserved_at, usage.prompt_tokens).cost(usage)

@@ -40,8 +40,9 @@ class Runtime:
             for warning in catalog.check_servable(model, today):
                 logger.warning(warning)
         db = Database(db_url, settings)
-        upstream = Upstream(settings.anthropic_api_key.get_secret_value(), settings.anthropic_base_url,
-                            settings.upstream_pool_size)
+        upstream = Upstream(
+            settings.anthropic_api_key.get_secret_value(), settings.anthropic_base_url, settings.upstream_pool_size
+        )
         budget = Budget(db, catalog, settings)
         return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
 

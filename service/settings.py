@@ -67,7 +67,9 @@ class Settings(BaseSettings):
         description="Key for the admin API. Unset: the admin API is disabled.",
     )
     max_text_chars: int = Field(
-        default=20_000, ge=1, validation_alias="CASCADE_MAX_TEXT_CHARS",
+        default=20_000,
+        ge=1,
+        validation_alias="CASCADE_MAX_TEXT_CHARS",
         description="Longest text accepted for classification, in characters.",
     )
     max_labels: int = Field(
@@ -77,23 +79,34 @@ class Settings(BaseSettings):
         default=64, ge=1, validation_alias="CASCADE_MAX_LABEL_CHARS", description="Longest label, in characters."
     )
     max_instructions_chars: int = Field(
-        default=2_000, ge=0, validation_alias="CASCADE_MAX_INSTRUCTIONS_CHARS",
+        default=2_000,
+        ge=0,
+        validation_alias="CASCADE_MAX_INSTRUCTIONS_CHARS",
         description="Longest caller instructions, in characters.",
     )
     max_body_bytes: int = Field(
-        default=256_000, ge=1024, validation_alias="CASCADE_MAX_BODY_BYTES",
+        default=256_000,
+        ge=1024,
+        validation_alias="CASCADE_MAX_BODY_BYTES",
         description="Largest request body accepted; larger bodies get 413.",
     )
     request_deadline_s: float = Field(
-        default=30.0, gt=0, validation_alias="CASCADE_REQUEST_DEADLINE_S",
+        default=30.0,
+        gt=0,
+        validation_alias="CASCADE_REQUEST_DEADLINE_S",
         description="Deadline for one classification, retries and escalation included.",
     )
     attempt_timeout_s: float = Field(
-        default=10.0, gt=0, validation_alias="CASCADE_ATTEMPT_TIMEOUT_S",
+        default=10.0,
+        gt=0,
+        validation_alias="CASCADE_ATTEMPT_TIMEOUT_S",
         description="Timeout of one upstream call (also bounded by what is left of the deadline).",
     )
     max_attempts: int = Field(
-        default=3, ge=1, le=4, validation_alias="CASCADE_MAX_ATTEMPTS",
+        default=3,
+        ge=1,
+        le=4,
+        validation_alias="CASCADE_MAX_ATTEMPTS",
         description="Upstream attempts per model per request, the first included.",
     )
     retry_base_s: float = Field(
@@ -103,27 +116,37 @@ class Settings(BaseSettings):
         default=4.0, gt=0, validation_alias="CASCADE_RETRY_CAP_S", description="Cap of one backoff sleep."
     )
     reservation_ttl_s: float = Field(
-        default=300.0, gt=0, validation_alias="CASCADE_RESERVATION_TTL_S",
+        default=300.0,
+        gt=0,
+        validation_alias="CASCADE_RESERVATION_TTL_S",
         description="Age after which the sweeper charges a held reservation at its worst case. "
         "Must exceed the request deadline.",
     )
     sweep_interval_s: float = Field(
-        default=30.0, gt=0, validation_alias="CASCADE_SWEEP_INTERVAL_S",
+        default=30.0,
+        gt=0,
+        validation_alias="CASCADE_SWEEP_INTERVAL_S",
         description="How often each replica runs the reservation sweeper.",
     )
     upstream_pool_size: int = Field(
-        default=100, ge=1, validation_alias="CASCADE_UPSTREAM_POOL_SIZE",
+        default=100,
+        ge=1,
+        validation_alias="CASCADE_UPSTREAM_POOL_SIZE",
         description="Most concurrent connections to the Anthropic API per process.",
     )
     db_pool_size: int = Field(
         default=10, ge=1, validation_alias="CASCADE_DB_POOL_SIZE", description="SQLAlchemy pool size per process."
     )
     db_max_overflow: int = Field(
-        default=20, ge=0, validation_alias="CASCADE_DB_MAX_OVERFLOW",
+        default=20,
+        ge=0,
+        validation_alias="CASCADE_DB_MAX_OVERFLOW",
         description="Extra DB connections allowed beyond the pool under bursts.",
     )
     db_timeout_s: float = Field(
-        default=5.0, gt=0, validation_alias="CASCADE_DB_TIMEOUT_S",
+        default=5.0,
+        gt=0,
+        validation_alias="CASCADE_DB_TIMEOUT_S",
         description="Connect and pool-checkout timeout; past it a request fails closed with 503.",
     )
 

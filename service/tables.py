@@ -66,8 +66,14 @@ class Cap(Base):
 
     __tablename__ = "caps"
     __table_args__ = (
-        UniqueConstraint("scope", "team_id", "period", "period_start", postgresql_nulls_not_distinct=True,
-                         name="uq_caps_scope_team_period"),
+        UniqueConstraint(
+            "scope",
+            "team_id",
+            "period",
+            "period_start",
+            postgresql_nulls_not_distinct=True,
+            name="uq_caps_scope_team_period",
+        ),
         CheckConstraint("scope IN ('global', 'team')", name="scope_known"),
         CheckConstraint("period IN ('day', 'month')", name="period_known"),
         CheckConstraint("(scope = 'team') = (team_id IS NOT NULL)", name="team_iff_team_scope"),

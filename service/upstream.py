@@ -82,9 +82,15 @@ def retry_after(headers: httpx2.Headers) -> float | None:
 
 
 def _outcome_for(status: int) -> str:
-    return {429: "rate_limited", 529: "overloaded", 400: "bad_request", 401: "auth_error",
-            403: "permission_error", 404: "not_found", 413: "too_large"}.get(
-        status, "server_error" if status >= 500 else "client_error")
+    return {
+        429: "rate_limited",
+        529: "overloaded",
+        400: "bad_request",
+        401: "auth_error",
+        403: "permission_error",
+        404: "not_found",
+        413: "too_large",
+    }.get(status, "server_error" if status >= 500 else "client_error")
 
 
 def _usage(message: Message) -> TokenUsage:
@@ -128,18 +134,25 @@ class Upstream:
             ) from exc
         except anthropic.APITimeoutError as exc:
             raise UpstreamFailure(
-                "timeout", f"no answer within {timeout_s:.1f}s",
-                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT), latency_ms=_ms_since(started),
+                "timeout",
+                f"no answer within {timeout_s:.1f}s",
+                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
+                latency_ms=_ms_since(started),
             ) from exc
         except anthropic.APIConnectionError as exc:
             raise UpstreamFailure(
-                "connection_error", f"connection failed: {exc.__cause__ or exc}",
-                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT), latency_ms=_ms_since(started),
+                "connection_error",
+                f"connection failed: {exc.__cause__ or exc}",
+                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
+                latency_ms=_ms_since(started),
             ) from exc
         except anthropic.APIResponseValidationError as exc:
             raise UpstreamFailure(
-                "malformed_response", f"the API answered with a body that is not a Message: {exc}",
-                status=exc.status_code, billed_unknown=True, latency_ms=_ms_since(started),
+                "malformed_response",
+                f"the API answered with a body that is not a Message: {exc}",
+                status=exc.status_code,
+                billed_unknown=True,
+                latency_ms=_ms_since(started),
             ) from exc
         text = next((block.text for block in message.content if block.type == "text"), None)
         return UpstreamReply(

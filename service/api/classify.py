@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from litestar import post
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, ErrorOut, Tokens
@@ -33,21 +34,22 @@ def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings
     if not data.text.strip():
         raise InvalidInput("text must not be empty", field="text")
     if len(data.text) > settings.max_text_chars:
-        raise InvalidInput(f"text is {len(data.text)} characters; the limit is {settings.max_text_chars}",
-                           field="text")
+        raise InvalidInput(f"text is {len(data.text)} characters; the limit is {settings.max_text_chars}", field="text")
     if not 2 <= len(data.labels) <= settings.max_labels:
         raise InvalidInput(f"labels must have between 2 and {settings.max_labels} entries", field="labels")
     for label in data.labels:
         if not label.strip():
             raise InvalidInput("labels must not be empty", field="labels")
         if len(label) > settings.max_label_chars:
-            raise InvalidInput(f"label {label[:20]!r}... is longer than {settings.max_label_chars} characters",
-                               field="labels")
+            raise InvalidInput(
+                f"label {label[:20]!r}... is longer than {settings.max_label_chars} characters", field="labels"
+            )
     if len(set(data.labels)) != len(data.labels):
         raise InvalidInput("labels must be unique", field="labels")
     if data.instructions is not None and len(data.instructions) > settings.max_instructions_chars:
-        raise InvalidInput(f"instructions are longer than {settings.max_instructions_chars} characters",
-                           field="instructions")
+        raise InvalidInput(
+            f"instructions are longer than {settings.max_instructions_chars} characters", field="instructions"
+        )
     return ClassifyCommand(
         request_id=request_id,
         team_id=caller.team_id,
@@ -60,8 +62,14 @@ def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings
 def attempt_out(a: AttemptRecord) -> AttemptOut:
     usage = a.usage
     return AttemptOut(
-        attempt=a.attempt_no, stage=a.stage, model=a.model, outcome=a.outcome, label=a.label,
-        confidence=a.confidence, stop_reason=a.stop_reason, escalation_reason=a.escalation_reason,
+        attempt=a.attempt_no,
+        stage=a.stage,
+        model=a.model,
+        outcome=a.outcome,
+        label=a.label,
+        confidence=a.confidence,
+        stop_reason=a.stop_reason,
+        escalation_reason=a.escalation_reason,
         tokens=Tokens(
             input=usage.input if usage else None,
             cache_write_5m=usage.cache_write_5m if usage else None,
@@ -69,20 +77,32 @@ def attempt_out(a: AttemptRecord) -> AttemptOut:
             cache_read=usage.cache_read if usage else None,
             output=usage.output if usage else None,
         ),
-        cost_usd=a.cost_usd, latency_ms=a.latency_ms, upstream_request_id=a.upstream_request_id,
+        cost_usd=a.cost_usd,
+        latency_ms=a.latency_ms,
+        upstream_request_id=a.upstream_request_id,
     )
 
 
 def classification_out(result: Classification) -> ClassifyOut:
     return ClassifyOut(
-        id=result.id, label=result.label, confidence=result.confidence, model=result.model,
-        escalated=result.escalated, escalation_reason=result.escalation_reason,
-        attempts=[attempt_out(a) for a in result.attempts], cost_usd=result.cost_usd,
+        id=result.id,
+        label=result.label,
+        confidence=result.confidence,
+        model=result.model,
+        escalated=result.escalated,
+        escalation_reason=result.escalation_reason,
+        attempts=[attempt_out(a) for a in result.attempts],
+        cost_usd=result.cost_usd,
         latency_ms=result.latency_ms,
     )
 
 
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
-async def classify(data: ClassifyIn, caller: Caller, runtime: Runtime, call_id: uuid.UUID) -> ClassifyOut:
+async def classify(
+    data: ClassifyIn,
+    caller: NamedDependency[Caller],
+    runtime: NamedDependency[Runtime],
+    call_id: NamedDependency[uuid.UUID],
+) -> ClassifyOut:
     command = to_command(data, caller, call_id, runtime.settings)
     return classification_out(await runtime.cascade.classify(command))

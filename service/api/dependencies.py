@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from service.errors import Unauthorized
 from service.keys import Caller, authenticate
@@ -31,7 +32,7 @@ def presented_key(request: Request[Any, Any, Any]) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def provide_caller(request: Request[Any, Any, Any], runtime: Runtime) -> Caller:
+async def provide_caller(request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Caller:
     key = presented_key(request)
     if key is None:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")

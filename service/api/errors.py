@@ -14,9 +14,17 @@ from service.errors import CascadeError, CostCapExceeded, InvalidInput
 
 logger = logging.getLogger(__name__)
 
-_HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-               422: "invalid_request", 429: "rate_limited"}
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+}
 
 
 def request_id_of(request: Request[Any, Any, Any]) -> str | None:
@@ -25,8 +33,12 @@ def request_id_of(request: Request[Any, Any, Any]) -> str | None:
 
 
 def error_response(
-    request: Request[Any, Any, Any], status: int, type_: str, message: str,
-    headers: Mapping[str, str] | None = None, **extra: Any,
+    request: Request[Any, Any, Any],
+    status: int,
+    type_: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> Response[dict[str, Any]]:
     request_id = request_id_of(request)
     body = {"error": {"type": type_, "message": message, **extra}, "request_id": request_id}
@@ -49,9 +61,7 @@ def cascade_error(request: Request[Any, Any, Any], exc: CascadeError) -> Respons
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     problems = exc.extra if isinstance(exc.extra, list) else []
     fields = [str(p.get("key")) for p in problems if isinstance(p, dict) and p.get("key")]
-    details = "; ".join(
-        f"{p.get('key')}: {p.get('message')}" for p in problems if isinstance(p, dict)
-    ) or exc.detail
+    details = "; ".join(f"{p.get('key')}: {p.get('message')}" for p in problems if isinstance(p, dict)) or exc.detail
     extra: dict[str, Any] = {"field": fields[0]} if fields else {}
     return error_response(request, 422, "invalid_request", f"invalid request body: {details}", **extra)
 

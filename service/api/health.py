@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import get
+from litestar.di import NamedDependency
 
 from service.runtime import Runtime
 
@@ -13,6 +14,6 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", summary="The database answers")
-async def ready(runtime: Runtime) -> dict[str, str]:
+async def ready(runtime: NamedDependency[Runtime]) -> dict[str, str]:
     await runtime.db.ping()  # DatabaseUnavailable maps to 503
     return {"status": "ok"}

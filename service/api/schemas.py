@@ -23,7 +23,9 @@ class ClassifyIn(BaseModel):
     labels: list[str] = Field(description="The allowed labels; the answer is always one of them.")
     instructions: str | None = Field(default=None, description="Optional guidance on how to choose a label.")
     threshold: Decimal | None = Field(
-        default=None, ge=0, le=1,
+        default=None,
+        ge=0,
+        le=1,
         description="Confidence below which the cheap answer escalates; defaults to the server's setting.",
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import get
+from litestar.di import NamedDependency
 
 from service.api.schemas import CapOut, SpendOut
 from service.keys import Caller
@@ -10,11 +11,19 @@ from service.runtime import Runtime
 
 
 @get("/v1/spend", summary="Spend against each cap")
-async def spend(caller: Caller, runtime: Runtime) -> SpendOut:
+async def spend(caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]) -> SpendOut:
     caps = await runtime.budget.status(caller.team_id)
-    return SpendOut(caps=[
-        CapOut(scope=c.scope, period=c.period, period_start=c.period_start, cap_usd=c.cap_usd,
-               spent_usd=c.spent_usd, reserved_usd=c.reserved_usd,
-               remaining_usd=c.cap_usd - c.spent_usd - c.reserved_usd)
-        for c in caps
-    ])
+    return SpendOut(
+        caps=[
+            CapOut(
+                scope=c.scope,
+                period=c.period,
+                period_start=c.period_start,
+                cap_usd=c.cap_usd,
+                spent_usd=c.spent_usd,
+                reserved_usd=c.reserved_usd,
+                remaining_usd=c.cap_usd - c.spent_usd - c.reserved_usd,
+            )
+            for c in caps
+        ]
+    )

@@ -1,0 +1,415 @@
+"""An Anthropic Messages API look-alike over real HTTP/1.1 (asyncio streams + h11).
+
+Not an ASGI app: a "drop" fault has to abort the TCP connection itself, which ASGI servers do not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import h11
+
+from service.simulator import behaviour
+from service.simulator.behaviour import Behaviour, model_family
+from service.simulator.config import SimulatorConfig
+from service.simulator.request import ParsedRequest, RequestError, load, parse, text_to_classify
+
+logger = logging.getLogger(__name__)
+
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+READ_CHUNK = 64 * 1024
+_BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
+
+# Plausible tier-4 limits; the remaining counts fall within a one-minute window.
+REQUESTS_LIMIT = 4_000
+INPUT_TOKENS_LIMIT = 4_000_000
+OUTPUT_TOKENS_LIMIT = 800_000
+WINDOW_SECONDS = 60.0
+REFUSAL_DETAILS = {"type": "refusal", "category": None, "explanation": None}
+
+
+@dataclass
+class CallRecord:
+    model: str
+    text: str
+    behaviour: str
+    status: int  # 0 when the connection was dropped
+    request_id: str | None
+    at: float  # time.monotonic()
+    endpoint: str = "messages"  # or "count_tokens"
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    delay: float = 0.0  # seconds to wait before answering (or dropping)
+    drop: bool = False
+
+
+@dataclass
+class _RateWindow:
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def charge(self, input_tokens: int, max_tokens: int) -> None:
+        if time.monotonic() - self.started >= WINDOW_SECONDS:
+            self.started, self.requests, self.input_tokens, self.output_tokens = time.monotonic(), 0, 0, 0
+        self.requests += 1
+        self.input_tokens += input_tokens
+        # Output-token limits are charged from max_tokens when a request starts, as the real API does.
+        self.output_tokens += max_tokens
+
+    def headers(self) -> list[tuple[str, str]]:
+        left = max(0.0, self.started + WINDOW_SECONDS - time.monotonic())
+        reset = (datetime.now(UTC) + timedelta(seconds=left)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        input_left = max(0, INPUT_TOKENS_LIMIT - self.input_tokens)
+        output_left = max(0, OUTPUT_TOKENS_LIMIT - self.output_tokens)
+        return [
+            ("anthropic-ratelimit-requests-limit", str(REQUESTS_LIMIT)),
+            ("anthropic-ratelimit-requests-remaining", str(max(0, REQUESTS_LIMIT - self.requests))),
+            ("anthropic-ratelimit-requests-reset", reset),
+            ("anthropic-ratelimit-tokens-limit", str(INPUT_TOKENS_LIMIT + OUTPUT_TOKENS_LIMIT)),
+            ("anthropic-ratelimit-tokens-remaining", str(input_left + output_left)),
+            ("anthropic-ratelimit-tokens-reset", reset),
+            ("anthropic-ratelimit-input-tokens-limit", str(INPUT_TOKENS_LIMIT)),
+            ("anthropic-ratelimit-input-tokens-remaining", str(input_left)),
+            ("anthropic-ratelimit-input-tokens-reset", reset),
+            ("anthropic-ratelimit-output-tokens-limit", str(OUTPUT_TOKENS_LIMIT)),
+            ("anthropic-ratelimit-output-tokens-remaining", str(output_left)),
+            ("anthropic-ratelimit-output-tokens-reset", reset),
+        ]
+
+
+def _request_id() -> str:
+    return f"req_sim_{uuid.uuid4().hex[:24]}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        self._faults = [(behaviour.parse_behaviour(t), rate) for t, rate in self.config.fault_rates.items()]
+        self._rng = random.Random(self.config.seed)
+        self._calls: list[CallRecord] = []
+        self._directive_uses: dict[tuple[str, str], int] = {}
+        self._window = _RateWindow()
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._host = "127.0.0.1"
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+        self._stopping = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._stopping = asyncio.Event()
+        self._server = await asyncio.start_server(self._serve_connection, host, port)
+        self._host = host
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Python 3.11's Server.close() leaves accepted connections open: wake any slow sleeps and abort
+        # the connections, so each handler ends on its own. (Cancelling a handler instead makes 3.11's
+        # StreamReaderProtocol log a spurious CancelledError.)
+        self._stopping.set()
+        tasks = list(self._connections.values())
+        for writer in list(self._connections):
+            writer.transport.abort()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in stuck:
+                task.cancel()
+        await server.wait_closed()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        if not self._port:
+            raise RuntimeError("simulator not started")
+        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return self._calls
+
+    def reset(self) -> None:
+        self._calls.clear()
+        self._directive_uses.clear()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total": len(self._calls),
+            "by_model": dict(Counter(call.model for call in self._calls)),
+            "by_behaviour": dict(Counter(call.behaviour for call in self._calls)),
+            "by_status": dict(Counter(str(call.status) for call in self._calls)),
+            "by_endpoint": dict(Counter(call.endpoint for call in self._calls)),
+        }
+
+    # --- HTTP/1.1 plumbing -------------------------------------------------------------------------
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                incoming = await self._receive(conn, reader)
+                if incoming is None:
+                    break
+                response = await self._respond(*incoming)
+                if response.drop:
+                    writer.transport.abort()
+                    break
+                if writer.is_closing():
+                    break
+                self._send(conn, writer, response)
+                await writer.drain()
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                self._send(conn, writer, self._error(400, str(exc), _request_id()))
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._connections.pop(writer, None)
+            writer.close()
+
+    @staticmethod
+    async def _receive(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request, bytes] | None:
+        request: h11.Request | None = None
+        body: list[bytes] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(READ_CHUNK))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return request, b"".join(body)
+            else:  # ConnectionClosed
+                return None
+
+    @staticmethod
+    def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: _Response) -> None:
+        try:
+            reason = http.HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = "Overloaded" if response.status == 529 else ""
+        headers = [*response.headers, ("content-length", str(len(response.body)))]
+        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason)))
+        writer.write(conn.send(h11.Data(data=response.body)))
+        writer.write(conn.send(h11.EndOfMessage()))
+
+    async def _respond(self, request: h11.Request, body: bytes) -> _Response:
+        try:
+            response = self._route(request, body)
+        except Exception:
+            logger.exception("simulator failed on %s %s", request.method, request.target)
+            response = self._error(500, "simulator bug", _request_id())
+        if response.delay > 0:
+            # A sleep that stop() can cut short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), response.delay)
+        return response
+
+    # --- the API --------------------------------------------------------------------------------------
+
+    def _route(self, request: h11.Request, body: bytes) -> _Response:
+        method = request.method.decode()
+        path = request.target.decode().split("?", 1)[0].rstrip("/")
+        headers = {name.decode().lower(): value.decode("latin-1") for name, value in request.headers}
+        if method == "POST" and path in (MESSAGES, COUNT_TOKENS):
+            return self._api_call(path, headers, body)
+        if method == "GET" and path == "/_simulator/calls":
+            return self._ok(self.summary(), _request_id())
+        if method == "POST" and path == "/_simulator/reset":
+            self.reset()
+            return self._ok({"reset": True}, _request_id())
+        return self._error(404, f"Not found: {method} {path}", _request_id())
+
+    def _api_call(self, path: str, headers: dict[str, str], body: bytes) -> _Response:
+        request_id = _request_id()
+        record = CallRecord(
+            model="",
+            text="",
+            behaviour="ok",
+            status=0,
+            request_id=request_id,
+            at=time.monotonic(),
+            endpoint="count_tokens" if path == COUNT_TOKENS else "messages",
+        )
+        self._calls.append(record)
+        payload: dict[str, Any] | None = None
+        load_error: RequestError | None = None
+        try:
+            payload = load(body)
+        except RequestError as exc:
+            load_error = exc
+        if payload is not None:
+            model = payload.get("model")
+            record.model = model if isinstance(model, str) else ""
+            record.text = text_to_classify(payload)
+        try:
+            if not (headers.get("x-api-key") or _BEARER.fullmatch(headers.get("authorization", "").strip())):
+                raise RequestError(401, "x-api-key header is required")
+            if payload is None:
+                raise load_error or RequestError(400, "empty body")
+            parsed = parse(payload, count_only=record.endpoint == "count_tokens")
+            if record.endpoint == "count_tokens":
+                record.status = 200
+                return self._ok({"input_tokens": parsed.input_tokens}, request_id)
+            plan = self._next_behaviour(parsed)
+        except RequestError as exc:
+            record.behaviour, record.status = str(exc.status), exc.status
+            return self._error(exc.status, exc.message, request_id)
+        record.behaviour = plan.spec
+        response = self._outcome(parsed, plan, request_id)
+        record.status = response.status
+        if response.drop:
+            record.request_id = None
+        return response
+
+    def _next_behaviour(self, parsed: ParsedRequest) -> Behaviour:
+        family = model_family(parsed.model)
+        try:
+            plan = behaviour.plan_for(behaviour.parse_directives(parsed.text), family)
+        except ValueError as exc:
+            raise RequestError(400, f"simulator directive: {exc}") from None
+        if plan:
+            key = (parsed.text, family)
+            used = self._directive_uses.get(key, 0)
+            self._directive_uses[key] = used + 1
+            if used < len(plan):
+                return plan[used]
+        if self._faults:
+            draw, cumulative = self._rng.random(), 0.0
+            for fault, rate in self._faults:
+                cumulative += rate
+                if draw < cumulative:
+                    return fault
+        return behaviour.OK
+
+    def _outcome(self, parsed: ParsedRequest, plan: Behaviour, request_id: str) -> _Response:
+        slow = plan.delay(self.config.slow_seconds)
+        if plan.drop:
+            return _Response(status=0, drop=True, delay=slow)
+        if plan.status is not None:
+            response = self._error(plan.status, behaviour.ERROR_MESSAGES[plan.status], request_id)
+            if plan.status == 429 and plan.no_retry_after:
+                response = self._error(429, behaviour.SPEND_CAP_MESSAGE, request_id)
+            elif plan.retry_after is not None:
+                response.headers.append(("retry-after", plan.retry_after))
+            elif plan.status == 429:
+                response.headers.append(("retry-after", _seconds(self.config.retry_after_seconds)))
+            response.delay = slow
+            return response
+
+        self._window.charge(parsed.input_tokens, parsed.max_tokens)
+        answer = behaviour.classify(self.config.seed, parsed.model, parsed.text, parsed.labels)
+        thinks = plan.thinking or (parsed.model in behaviour.ADAPTIVE_THINKING_MODELS and not parsed.thinking_disabled)
+        reply = behaviour.reply(
+            behaviour.answer_text(answer, plan, structured=parsed.structured),
+            plan,
+            max_tokens=parsed.max_tokens,
+            thinks=thinks,
+        )
+        message = {
+            "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": parsed.model,
+            "content": reply.content,
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "stop_details": REFUSAL_DETAILS if plan.refusal else None,
+            "usage": {
+                "input_tokens": parsed.input_tokens,
+                "output_tokens": reply.output_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                "service_tier": "standard",
+            },
+        }
+        response = self._ok(message, request_id)
+        response.delay = slow + self._latency(reply.output_tokens)
+        return response
+
+    def _latency(self, output_tokens: int) -> float:
+        config = self.config
+        millis = config.latency_ms + output_tokens * config.latency_per_output_token_ms
+        if config.latency_jitter_ms > 0:
+            millis += self._rng.uniform(0.0, config.latency_jitter_ms)
+        return max(0.0, millis / 1000)
+
+    def _headers(self, request_id: str) -> list[tuple[str, str]]:
+        return [("request-id", request_id), ("content-type", "application/json"), *self._window.headers()]
+
+    def _ok(self, body: object, request_id: str) -> _Response:
+        return _Response(status=200, body=_json(body), headers=self._headers(request_id))
+
+    def _error(self, status: int, message: str, request_id: str) -> _Response:
+        body = {
+            "type": "error",
+            "error": {"type": behaviour.ERROR_TYPES.get(status, "api_error"), "message": message},
+            "request_id": request_id,
+        }
+        return _Response(status=status, body=_json(body), headers=self._headers(request_id))
+
+
+async def serve_forever(config: SimulatorConfig, host: str, port: int) -> None:
+    """Run a simulator until cancelled (the `cascade simulator` command)."""
+    simulator = Simulator(config)
+    await simulator.start(host, port)
+    logger.info("Anthropic API simulator listening on %s", simulator.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()

@@ -1,0 +1,106 @@
+"""Real PostgreSQL (embedded, or CASCADE_TEST_DATABASE_URL) and the simulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import schema
+from service.database import Database
+from service.embedded import asyncpg_url, start_embedded
+from service.settings import Settings
+from service.simulator import Simulator
+from service.tables import table_names
+from tests.harness import Service, running_service
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL server: CASCADE_TEST_DATABASE_URL if set, else an embedded one for this session."""
+    external = os.environ.get("CASCADE_TEST_DATABASE_URL")
+    if external:
+        return asyncpg_url(external)
+    return start_embedded(tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database on that server, migrated to head, dropped at the end."""
+    name = f"cascade_test_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(schema.upgrade, url)
+    yield url
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """The tests' own connection, for arranging rows and checking the ledger."""
+    database = Database(database_url, Settings(_env_file=None, ANTHROPIC_API_KEY="unused"))  # type: ignore[call-arg]
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    if "db" not in request.fixturenames:
+        return
+    database: Database = request.getfixturevalue("db")
+    async with database.transaction() as session:
+        await session.execute(text(f"TRUNCATE {', '.join(table_names())} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(scope="session")
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator: Simulator) -> Simulator:
+    simulator.reset()
+    return simulator
+
+
+@pytest.fixture
+def make_settings(database_url: str, sim: Simulator) -> Callable[..., Settings]:
+    """Settings for a service under test; keyword overrides use the environment variable names."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "ANTHROPIC_API_KEY": "test-key",
+            "ANTHROPIC_BASE_URL": sim.url,
+            "CASCADE_RETRY_BASE_S": 0.01,
+            "CASCADE_RETRY_CAP_S": 0.05,
+            "CASCADE_SWEEP_INTERVAL_S": 3600,
+            "CASCADE_DATA_DIR": str(Path(".cascade-test")),
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+async def service(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> AsyncIterator[Service]:
+    """The service with default settings, a team and its key."""
+    async with running_service(make_settings(), database_url, db, sim) as running:
+        yield running

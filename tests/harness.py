@@ -1,0 +1,108 @@
+"""A running service under test, and the ledger checks every money test ends with."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from service.api.app import create_app
+from service.api.server import serving
+from service.database import Database
+from service.keys import issue_key
+from service.settings import Settings
+from service.simulator import Simulator
+from service.tables import Attempt, Cap, Request, Team
+
+SENTIMENT = ["positive", "negative", "neutral"]
+
+
+@dataclass
+class Service:
+    client: httpx.AsyncClient
+    key: str
+    team_id: uuid.UUID
+    db: Database
+    sim: Simulator
+    settings: Settings
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def classify(self, text: str, labels: Sequence[str] = SENTIMENT, **fields: Any) -> httpx.Response:
+        body = {"text": text, "labels": list(labels), **fields}
+        return await self.client.post("/v1/classify", json=body, headers=self.auth)
+
+    async def attempts(self, request_id: str | uuid.UUID | None = None) -> list[Attempt]:
+        async with self.db.transaction() as session:
+            query = select(Attempt).order_by(Attempt.id)
+            if request_id is not None:
+                query = query.where(Attempt.request_id == uuid.UUID(str(request_id)))
+            return list((await session.scalars(query)).all())
+
+    async def request_row(self, request_id: str | uuid.UUID) -> Request:
+        async with self.db.transaction() as session:
+            row = await session.get(Request, uuid.UUID(str(request_id)))
+            assert row is not None
+            return row
+
+    async def new_key(self, team: str) -> str:
+        return await issue_key(self.db, team)
+
+
+async def team_id_of(db: Database, name: str) -> uuid.UUID:
+    async with db.transaction() as session:
+        team_id = await session.scalar(select(Team.id).where(Team.name == name))
+        assert team_id is not None
+        return team_id
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings, database_url: str, db: Database, sim: Simulator, team: str = "team-a"
+) -> AsyncIterator[Service]:
+    app = create_app(settings, database_url, sweeper=False)
+    key = await issue_key(db, team)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as client:
+        yield Service(client, key, await team_id_of(db, team), db, sim, settings)
+
+
+async def caps(db: Database) -> list[Cap]:
+    async with db.transaction() as session:
+        return list((await session.scalars(select(Cap).order_by(Cap.id))).all())
+
+
+async def assert_ledger_invariants(db: Database) -> None:
+    """After quiescence: nothing held, and every cap's spent equals its ledger rows' costs exactly."""
+    async with db.transaction() as session:
+        attempts = list((await session.scalars(select(Attempt))).all())
+        requests = list((await session.scalars(select(Request))).all())
+        cap_rows = list((await session.scalars(select(Cap))).all())
+    assert [a.id for a in attempts if a.state != "settled"] == [], "reservations still held"
+    for cap in cap_rows:
+        assert cap.reserved_usd == 0, f"cap {cap.id} still holds {cap.reserved_usd}"
+        assert cap.spent_usd + cap.reserved_usd <= cap.cap_usd
+        in_scope = [
+            a
+            for a in attempts
+            if (cap.scope == "global" or a.team_id == cap.team_id)
+            and (
+                a.billing_day == cap.period_start
+                if cap.period == "day"
+                else a.billing_day.replace(day=1) == cap.period_start
+            )
+        ]
+        assert cap.spent_usd == sum((a.cost_usd or Decimal(0) for a in in_scope), Decimal(0)), (
+            f"cap {cap.scope}/{cap.period} spent {cap.spent_usd} != ledger sum"
+        )
+    for request in requests:
+        own = [a.cost_usd or Decimal(0) for a in attempts if a.request_id == request.id]
+        assert request.cost_usd == sum(own, Decimal(0)), f"request {request.id} cost differs from its attempts"
+        assert request.status != "pending", f"request {request.id} left pending"
