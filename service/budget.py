@@ -97,8 +97,9 @@ class Budget:
             caps = CapRepository(session)
             ledger = LedgerRepository(session)
             ids = [await self._cap_id(caps, key) for key in keys]
-            if not await caps.reserve(ids, amount):
-                raise await self._refusal(caps, keys, ids, amount)  # rolls the transaction back
+            refused = await caps.reserve(ids, amount)
+            if refused:
+                raise self._refusal(keys, ids, refused, amount)  # leaving the block rolls everything back
             if new_request is not None:
                 await ledger.add_request(new_request)
             attempt_id = await ledger.add_attempt(
@@ -126,26 +127,18 @@ class Budget:
             cached = self._cap_ids[key] = await caps.ensure(key, self._cap_amount(key))
         return cached
 
-    async def _refusal(
-        self, caps: CapRepository, keys: list[CapKey], ids: list[int], amount: Decimal
+    def _refusal(
+        self, keys: list[CapKey], ids: list[int], refused: dict[int, Decimal], amount: Decimal
     ) -> CostCapExceeded:
-        rows = {row.id: row for row in await caps.get(ids)}
-        if len(rows) != len(ids):
-            self._cap_ids.clear()  # a cached id no longer exists; the next attempt re-creates the rows
-        for key, cap_id in zip(keys, ids, strict=True):
-            row = rows.get(cap_id)
-            if row is None:
-                continue
-            remaining = row.cap_usd - row.spent_usd - row.reserved_usd
-            if remaining < amount:
-                return CostCapExceeded(
-                    f"the {key.label} cost cap of ${row.cap_usd.normalize():f} would be exceeded: "
-                    f"${remaining.normalize():f} remains and this attempt may cost up to ${amount.normalize():f}",
-                    cap=key.label.replace(" ", "_"),
-                    remaining_usd=remaining,
-                )
+        if any(remaining < 0 for remaining in refused.values()):
+            self._cap_ids.clear()  # a cached row is gone; the next attempt re-creates it
+        key, remaining = next((k, refused[i]) for k, i in zip(keys, ids, strict=True) if i in refused)
+        remaining = max(remaining, Decimal(0))
         return CostCapExceeded(
-            "a cost cap changed during the reservation; retry", cap="unknown", remaining_usd=Decimal(0)
+            f"the {key.label} cost cap would be exceeded: ${remaining.normalize():f} remains and this attempt "
+            f"may cost up to ${amount.normalize():f}",
+            cap=key.label.replace(" ", "_"),
+            remaining_usd=remaining,
         )
 
     async def settle(

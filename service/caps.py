@@ -36,14 +36,22 @@ def period_keys(day: date, team_id: uuid.UUID | None = None) -> list[CapKey]:
     return keys
 
 
+# The rows are locked in id order (no deadlocks between reservations), then each is charged only if it has
+# room. Under READ COMMITTED the UPDATE re-checks its WHERE against the latest committed row, so concurrent
+# reservations can neither overshoot the cap nor lose an update.
 _LOCK_AND_RESERVE = text("""
     WITH locked AS (
-        SELECT id FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
+        SELECT id, cap_usd - spent_usd - reserved_usd AS remaining
+        FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
+    ),
+    reserved AS (
+        UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
+        FROM locked
+        WHERE caps.id = locked.id AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
+        RETURNING caps.id
     )
-    UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
-    FROM locked
-    WHERE caps.id = locked.id AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
-    RETURNING caps.id
+    SELECT locked.id, locked.remaining, reserved.id IS NOT NULL AS ok
+    FROM locked LEFT JOIN reserved ON reserved.id = locked.id
 """)
 
 _SETTLE = text("""
@@ -83,18 +91,20 @@ class CapRepository:
         assert found is not None
         return found
 
-    async def reserve(self, ids: list[int], amount: Decimal) -> bool:
-        """Reserve `amount` on every row or on none (the caller rolls back on False)."""
+    async def reserve(self, ids: list[int], amount: Decimal) -> dict[int, Decimal]:
+        """Reserve `amount` on every row; returns {id: remaining} of the rows that refused (roll back then).
+
+        A row missing altogether is reported with remaining -1.
+        """
         rows = (await self.session.execute(_LOCK_AND_RESERVE, {"ids": ids, "amount": amount})).all()
-        return len(rows) == len(ids)
+        refused = {row.id: row.remaining for row in rows if not row.ok}
+        missing = set(ids) - {row.id for row in rows}
+        return refused | {cap_id: Decimal(-1) for cap_id in missing}
 
     async def settle(self, ids: list[int], reserved: Decimal, cost: Decimal) -> None:
         rows = (await self.session.execute(_SETTLE, {"ids": ids, "reserved": reserved, "cost": cost})).all()
         if len(rows) != len(ids):
             raise LookupError(f"cap rows {ids} changed under a held reservation")
-
-    async def get(self, ids: list[int]) -> list[Cap]:
-        return list((await self.session.scalars(select(Cap).where(Cap.id.in_(ids)).order_by(Cap.id))).all())
 
     async def set_amount(self, key: CapKey, cap_usd: Decimal) -> None:
         """Set the cap of an existing row; never below what is already spent or held."""

@@ -75,10 +75,17 @@ class PriceRow:
         ) / MILLION
         return total * BATCH_DISCOUNT if batch else total
 
-    def worst_case(self, input_tokens: int, max_output_tokens: int, *, batch: bool = False) -> Decimal:
-        """Most a call can cost: every prompt token at the dearest input kind, every output token billed."""
-        dearest_input = max(self.input, self.cache_write_5m, self.cache_write_1h, self.cache_read)
-        total = (input_tokens * dearest_input + max_output_tokens * self.output) / MILLION
+    def worst_case(
+        self, input_tokens: int, max_output_tokens: int, *, caching: bool = False, batch: bool = False
+    ) -> Decimal:
+        """Most a call can cost: every output token billed, every prompt token at the input price.
+
+        With prompt caching on, a prompt token may instead be a cache write, so the dearest kind is used.
+        """
+        per_input = self.input
+        if caching:
+            per_input = max(self.input, self.cache_write_5m, self.cache_write_1h, self.cache_read)
+        total = (input_tokens * per_input + max_output_tokens * self.output) / MILLION
         return total * BATCH_DISCOUNT if batch else total
 
 

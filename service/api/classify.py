@@ -7,6 +7,7 @@ import uuid
 from litestar import post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 
 from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, ErrorOut, Tokens
 from service.cascade import AttemptRecord, Classification, ClassifyCommand
@@ -99,7 +100,7 @@ def classification_out(result: Classification) -> ClassifyOut:
 
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
 async def classify(
-    data: ClassifyIn,
+    data: JSONBody[ClassifyIn],
     caller: NamedDependency[Caller],
     runtime: NamedDependency[Runtime],
     call_id: NamedDependency[uuid.UUID],

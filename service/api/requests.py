@@ -6,6 +6,7 @@ import uuid
 
 from litestar import get
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from service.api.schemas import AuditAttemptOut, PriceOut, RequestAuditOut, Tokens
 from service.audit import request_audit
@@ -52,7 +53,7 @@ def audit_attempt_out(a: Attempt) -> AuditAttemptOut:
 
 @get("/v1/requests/{request_id:uuid}", summary="Audit one request")
 async def get_request(
-    request_id: uuid.UUID, caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
+    request_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
 ) -> RequestAuditOut:
     request, attempts = await request_audit(runtime.db, caller.team_id, request_id)
     return RequestAuditOut(

@@ -1,0 +1,156 @@
+"""Reserve, settle and sweep on the real database: the authorize-then-capture rules."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from service.budget import AttemptPlan, Budget, Settlement
+from service.catalog import Catalog, TokenUsage
+from service.database import Database
+from service.errors import CostCapExceeded
+from service.keys import issue_key
+from service.settings import Settings
+from service.tables import Attempt, Request
+from tests.harness import assert_ledger_invariants, caps, team_id_of
+
+NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def plan(team_id: uuid.UUID, request_id: uuid.UUID | None = None, attempt_no: int = 1) -> AttemptPlan:
+    return AttemptPlan(
+        request_id or uuid.uuid4(),
+        team_id,
+        attempt_no,
+        "cheap",
+        "claude-haiku-4-5-20251001",
+        input_token_bound=2000,
+        max_tokens=64,
+    )
+
+
+def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
+    return {
+        "id": p.request_id,
+        "team_id": p.team_id,
+        "status": "pending",
+        "task_hash": "t",
+        "labels": ["a", "b"],
+        "threshold": Decimal("0.85"),
+        "text_chars": 1,
+        "cheap_model": p.model,
+        "strong_model": "s",
+        "created_at": now,
+    }
+
+
+@pytest.fixture
+async def team(db: Database) -> uuid.UUID:
+    await issue_key(db, "budget-team")
+    return await team_id_of(db, "budget-team")
+
+
+@pytest.fixture
+def budget(db: Database, make_settings: Callable[..., Settings]) -> Callable[..., tuple[Budget, Clock]]:
+    def make(**overrides: object) -> tuple[Budget, Clock]:
+        clock = Clock(NOON)
+        return Budget(db, Catalog(), make_settings(**overrides), clock), clock
+
+    return make
+
+
+async def test_worst_case_reservation_then_settle_at_actual(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget()
+    p = plan(team)
+    reservation = await b.reserve(p, request_row(p, clock.now))
+    assert reservation.amount == (Decimal(2000) * 1 + Decimal(64) * 5) / 1_000_000
+    held = await caps(db)
+    assert [c.reserved_usd for c in held] == [reservation.amount] * 2
+    charged = await b.settle(reservation, Settlement("answered", TokenUsage(input=300, output=10)))
+    assert charged == Decimal("0.00035")
+    assert [(c.spent_usd, c.reserved_usd) for c in await caps(db)] == [(Decimal("0.00035"), 0)] * 2
+    await assert_ledger_invariants(db, requests_finished=False)
+
+
+async def test_unknown_outcome_is_charged_at_the_reservation(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget()
+    p = plan(team)
+    reservation = await b.reserve(p, request_row(p, clock.now))
+    assert await b.settle(reservation, Settlement("timeout", None)) == reservation.amount
+    assert [c.spent_usd for c in await caps(db)] == [reservation.amount] * 2
+
+
+async def test_refusal_names_the_cap_and_holds_nothing(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget(CASCADE_DAILY_CAP_USD="0.003")
+    first = plan(team)
+    await b.reserve(first, request_row(first, clock.now))  # 0.00232 held
+    second = plan(team)
+    with pytest.raises(CostCapExceeded) as refused:
+        await b.reserve(second, request_row(second, clock.now))
+    assert refused.value.cap == "global_daily"
+    assert refused.value.remaining_usd == Decimal("0.003") - Decimal("0.00232")
+    assert [c.reserved_usd for c in await caps(db)] == [Decimal("0.00232")] * 2, "the refusal reserved nothing"
+
+
+async def test_charges_land_in_the_period_of_their_reservation(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget()
+    clock.now = datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)
+    p = plan(team)
+    reservation = await b.reserve(p, request_row(p, clock.now))
+    clock.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)  # settled after midnight, month end
+    await b.settle(reservation, Settlement("answered", TokenUsage(input=100, output=5)))
+    p2 = plan(team)
+    await b.settle(await b.reserve(p2, request_row(p2, clock.now)), Settlement("answered", TokenUsage(input=100)))
+    spent = {(c.period, c.period_start.isoformat()): c.spent_usd for c in await caps(db)}
+    assert spent == {
+        ("day", "2026-11-30"): Decimal("0.000125"),
+        ("month", "2026-11-01"): Decimal("0.000125"),
+        ("day", "2026-12-01"): Decimal("0.0001"),
+        ("month", "2026-12-01"): Decimal("0.0001"),
+    }
+    await assert_ledger_invariants(db, requests_finished=False)
+
+
+async def test_sweeper_charges_orphans_at_worst_case_and_the_late_holder_does_not_double_charge(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget(CASCADE_RESERVATION_TTL_S=120)
+    orphan_plan, young_plan = plan(team), plan(team)
+    orphan = await b.reserve(orphan_plan, request_row(orphan_plan, clock.now))
+    clock.now += timedelta(seconds=100)
+    young = await b.reserve(young_plan, request_row(young_plan, clock.now))
+
+    assert await b.sweep(now=NOON + timedelta(seconds=121)) == 1, "only the reservation past its TTL is swept"
+    assert await b.settle(orphan, Settlement("answered", TokenUsage(input=10, output=1))) is None
+    await b.settle(young, Settlement("answered", TokenUsage(input=10, output=1)))
+    assert await b.sweep(now=NOON + timedelta(hours=1)) == 0
+
+    async with db.transaction() as session:
+        swept = await session.get(Attempt, orphan.attempt_id)
+        abandoned = await session.get(Request, orphan_plan.request_id)
+    assert swept is not None and abandoned is not None
+    assert (swept.outcome, swept.settled_by, swept.cost_usd) == ("unknown", "sweeper", orphan.amount)
+    assert (abandoned.status, abandoned.error_type, abandoned.cost_usd) == ("failed", "abandoned", orphan.amount)
+    day = next(c for c in await caps(db) if c.period == "day")
+    assert day.spent_usd == orphan.amount + Decimal("0.000015")
+    await assert_ledger_invariants(db, requests_finished=False)
