@@ -46,6 +46,13 @@ class Runtime:
         budget = Budget(db, catalog, settings)
         return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
 
+    async def start(self) -> None:
+        """Apply the configured global caps to the current periods; a database outage is not fatal here."""
+        try:
+            await self.budget.sync_global_caps()
+        except DatabaseUnavailable:
+            logger.warning("database unavailable at start-up; caps will be applied when it answers")
+
     async def run_sweeper(self) -> None:
         """Settle orphaned reservations forever; every replica runs one, SKIP LOCKED keeps them apart."""
         while True:

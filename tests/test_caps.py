@@ -59,7 +59,8 @@ async def test_concurrent_requests_never_exceed_the_cap(
         for t in texts
     )
     cap = (demand * share).quantize(Decimal("0.000001"))
-    async with Simulator(SimulatorConfig(latency_ms=40, latency_jitter_ms=40)) as sim:
+    # Slow answers keep every first reservation held at once, so the cap bites whatever the scheduling.
+    async with Simulator(SimulatorConfig(latency_ms=1500)) as sim:
         settings = make_settings(ANTHROPIC_BASE_URL=sim.url, CASCADE_DAILY_CAP_USD=cap, CASCADE_DB_POOL_SIZE=20)
         async with running_service(settings, database_url, db, sim) as service:
             peaks: list[tuple[Decimal, Decimal]] = []

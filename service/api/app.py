@@ -24,6 +24,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
+        await runtime.start()
         try:
             if sweeper:
                 async with runtime.sweeping():
