@@ -44,6 +44,7 @@ class Reservation:
     model: str
     amount: Decimal
     reserved_at: datetime
+    input_token_bound: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Budget:
                     **_price_columns(price),
                 }
             )
-        return Reservation(attempt_id, plan.model, amount, at)
+        return Reservation(attempt_id, plan.model, amount, at, plan.input_token_bound)
 
     async def _cap_id(self, caps: CapRepository, key: CapKey) -> int:
         cached = self._cap_ids.get(key)
@@ -156,9 +157,17 @@ class Budget:
             price = self.catalog.price(reservation.model, reservation.reserved_at, result.usage.prompt_tokens)
             cost = price.cost(result.usage)
             if cost > reservation.amount:
-                # The bound is built to make this impossible; if it happens the truth is recorded anyway.
+                # The bound is built to make this impossible. If it happens the truth is still recorded, and
+                # what goes past a cap shows as that cap's overrun_usd (the period then refuses all work).
                 logger.error(
                     "attempt %s cost %s above its reservation %s", reservation.attempt_id, cost, reservation.amount
+                )
+            elif result.usage.prompt_tokens > reservation.input_token_bound * 0.9:
+                logger.warning(
+                    "attempt %s used %d of its %d-token input bound",
+                    reservation.attempt_id,
+                    result.usage.prompt_tokens,
+                    reservation.input_token_bound,
                 )
             price_cols = _price_columns(price)
             tokens = {
@@ -208,15 +217,21 @@ class Budget:
                 await ledger.add_request(new_request)
             await ledger.finish_request(request_id, values)
 
-    async def sweep(self, now: datetime | None = None, batch: int = 500) -> int:
-        """Charge reservations whose holder died at their worst case; returns how many were settled."""
+    async def sweep(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Charge reservations whose holder died at their worst case; returns how many were settled.
+
+        One short transaction per reservation, so the cap rows are never held for a whole batch.
+        """
         now = now or self.clock()
         cutoff = now - timedelta(seconds=self.settings.reservation_ttl_s)
-        async with self.db.transaction() as session:
-            ledger = LedgerRepository(session)
-            caps = CapRepository(session)
-            stale = await ledger.stale_reservations(cutoff, batch)
-            for held in stale:
+        swept = 0
+        while swept < limit:
+            async with self.db.transaction() as session:
+                ledger = LedgerRepository(session)
+                stale = await ledger.stale_reservations(cutoff, 1)
+                if not stale:
+                    break
+                held = stale[0]
                 await ledger.settle_attempt(
                     held.attempt_id,
                     {
@@ -227,20 +242,24 @@ class Budget:
                         "error_message": "holder did not settle within the reservation TTL; charged the worst case",
                     },
                 )
-                await caps.settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
+                await CapRepository(session).settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
                 await ledger.add_request_cost(held.request_id, held.reserved_usd)
-            await ledger.abandon_stale_requests(cutoff, now)
-        if stale:
-            logger.warning("sweeper settled %d orphaned reservations at their worst case", len(stale))
-        return len(stale)
+            swept += 1
+        async with self.db.transaction() as session:
+            await LedgerRepository(session).abandon_stale_requests(cutoff, now)
+        if swept:
+            logger.warning("sweeper settled %d orphaned reservations at their worst case", swept)
+        return swept
 
     async def sync_global_caps(self, day: date | None = None) -> None:
         """Apply the configured global caps to the current period rows (never below what is committed)."""
         day = day or self.clock().date()
+        keys = period_keys(day)
         async with self.db.transaction() as session:
             caps = CapRepository(session)
-            for key in period_keys(day):
-                await caps.ensure(key, self._cap_amount(key))
+            ids = [await caps.ensure(key, self._cap_amount(key)) for key in keys]
+            await caps.lock(ids)  # in id order, like every other statement that touches cap rows
+            for key in keys:
                 await caps.set_amount(key, self._cap_amount(key))
 
     async def status(self, team_id: uuid.UUID | None = None) -> list[Any]:

@@ -54,16 +54,24 @@ _LOCK_AND_RESERVE = text("""
     FROM locked LEFT JOIN reserved ON reserved.id = locked.id
 """)
 
+# A cost above its reservation cannot be refused (it was billed): it is recorded, and the part that goes
+# past the cap is kept in overrun_usd so the CHECK holds and the period refuses further work.
 _SETTLE = text("""
     WITH locked AS (
         SELECT id FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
     )
     UPDATE caps
-    SET spent_usd = caps.spent_usd + :cost, reserved_usd = caps.reserved_usd - :reserved, updated_at = now()
+    SET spent_usd = caps.spent_usd + :cost,
+        reserved_usd = caps.reserved_usd - :reserved,
+        overrun_usd = caps.overrun_usd + GREATEST(
+            0, caps.spent_usd + :cost + caps.reserved_usd - :reserved - caps.cap_usd - caps.overrun_usd),
+        updated_at = now()
     FROM locked
     WHERE caps.id = locked.id
     RETURNING caps.id
 """)
+
+_LOCK = text("SELECT id FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
 
 
 class CapRepository:
@@ -105,6 +113,9 @@ class CapRepository:
         rows = (await self.session.execute(_SETTLE, {"ids": ids, "reserved": reserved, "cost": cost})).all()
         if len(rows) != len(ids):
             raise LookupError(f"cap rows {ids} changed under a held reservation")
+
+    async def lock(self, ids: list[int]) -> None:
+        await self.session.execute(_LOCK, {"ids": ids})
 
     async def set_amount(self, key: CapKey, cap_usd: Decimal) -> None:
         """Set the cap of an existing row; never below what is already spent or held."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -21,7 +22,7 @@ from service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from service.policy import Answer, Defect, Unavailable, Verdict, escalation, read_answer
+from service.policy import Answer, Defect, EscalationReason, Unavailable, Verdict, escalation, read_answer
 from service.prompt import MessageRequest, Task, build_request
 from service.retry import MIN_ATTEMPT_S, Deadline, retrying
 from service.settings import Settings
@@ -78,6 +79,8 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     attempts: list[AttemptRecord] = field(default_factory=list)
     request_written: bool = False
+    escalation_reason: EscalationReason | None = None
+    finished_ms: int | None = None
 
     @property
     def cost(self) -> Decimal:
@@ -102,44 +105,36 @@ class Cascade:
         except CascadeError as exc:
             await self._record_failure(run, exc)
             raise
+        except Exception as exc:
+            logger.exception("request %s failed unexpectedly", cmd.request_id)
+            await self._record_failure(run, CascadeError(f"internal error: {type(exc).__name__}"))
+            raise
 
     async def _classify(self, run: _Run) -> Classification:
         cheap = await self._stage(run, "cheap", self.cheap)
-        reason = escalation(cheap, run.cmd.threshold)
+        run.escalation_reason = escalation(cheap, run.cmd.threshold)
         answer, model = cheap, self.cheap
-        if reason is not None:
+        if run.escalation_reason is not None:
             strong = await self._stage(run, "strong", self.strong)
             if isinstance(strong, Unavailable):
-                raise UpstreamUnavailable(f"the strong model is unavailable: {strong.detail}")
+                raise UpstreamUnavailable(
+                    f"the strong model is unavailable: {strong.detail}", retry_after_s=strong.retry_after_s
+                )
             if isinstance(strong, Defect):
                 raise UpstreamRejected(f"the strong model gave no usable answer: {strong.detail}")
             answer, model = strong, self.strong
         assert isinstance(answer, Answer)
-        result = Classification(
+        return Classification(
             id=run.cmd.request_id,
             label=answer.label,
             confidence=answer.confidence,
             model=model.id,
-            escalated=reason is not None,
-            escalation_reason=reason,
+            escalated=run.escalation_reason is not None,
+            escalation_reason=run.escalation_reason,
             attempts=run.attempts,
             cost_usd=run.cost,
-            latency_ms=run.elapsed_ms(),
+            latency_ms=run.finished_ms or run.elapsed_ms(),
         )
-        await self.budget.record_request(
-            run.cmd.request_id,
-            {
-                "status": "ok",
-                "label": result.label,
-                "confidence": result.confidence,
-                "model": result.model,
-                "escalated": result.escalated,
-                "escalation_reason": result.escalation_reason,
-                "latency_ms": result.latency_ms,
-                "finished_at": self.budget.clock(),
-            },
-        )
-        return result
 
     async def _stage(self, run: _Run, stage: str, model: ModelInfo) -> Verdict:
         request = build_request(model, run.cmd.task, run.cmd.text)
@@ -149,12 +144,12 @@ class Cascade:
                 with attempt:
                     return await self._attempt(run, stage, request)
         except UpstreamFailure as failure:
-            if run.deadline.remaining() < MIN_ATTEMPT_S:
-                raise DeadlineExceeded(
-                    f"no answer within the {s.request_deadline_s:g}s deadline (last: {failure.message})"
-                ) from failure
             if failure.retryable or failure.status == 429:
-                return Unavailable(failure.message)
+                if run.deadline.remaining() < MIN_ATTEMPT_S:
+                    raise DeadlineExceeded(
+                        f"no answer within the {s.request_deadline_s:g}s deadline (last: {failure.message})"
+                    ) from failure
+                return Unavailable(failure.message, failure.retry_after_s)
             raise UpstreamRejected(f"{model.id} rejected the request: {failure.message}") from failure
         raise AssertionError("unreachable: tenacity either returns or raises")
 
@@ -176,60 +171,74 @@ class Cascade:
         try:
             reply = await self.upstream.create(request, min(self.settings.attempt_timeout_s, remaining))
         except UpstreamFailure as failure:
-            await self._settle(
-                run,
-                plan,
-                reservation,
-                Settlement(
-                    outcome=failure.outcome,
-                    usage=None if failure.billed_unknown else TokenUsage(),
-                    http_status=failure.status,
-                    upstream_request_id=failure.request_id,
-                    latency_ms=failure.latency_ms,
-                    error_message=failure.message,
-                ),
+            result = Settlement(
+                outcome=failure.outcome,
+                usage=None if failure.billed_unknown else TokenUsage(),
+                http_status=failure.status,
+                upstream_request_id=failure.request_id,
+                latency_ms=failure.latency_ms,
+                error_message=failure.message,
             )
+            await self._settle(run, plan, reservation, result)
             raise
         except BaseException:
-            # Cancelled mid-call: the call may have been billed, so charge the reservation now.
-            settling = asyncio.ensure_future(
-                self._settle(
-                    run,
-                    plan,
-                    reservation,
-                    Settlement(
-                        outcome="cancelled", usage=None, error_message="the request was cancelled during the call"
-                    ),
-                )
-            )
-            await asyncio.shield(settling)
+            # Cancelled (or broken) mid-call: the call may have been billed, so charge the reservation now,
+            # and let the original exception through whatever the settle does.
+            unknown = Settlement("cancelled", None, error_message="the request was cancelled during the call")
+            with contextlib.suppress(Exception):
+                await self._settle(run, plan, reservation, unknown)
             raise
         verdict = read_answer(reply.text, reply.stop_reason, run.cmd.task.labels)
         reason = escalation(verdict, run.cmd.threshold) if stage == "cheap" else None
-        await self._settle(
-            run,
-            plan,
-            reservation,
-            Settlement(
-                outcome="answered" if isinstance(verdict, Answer) else str(verdict.reason),
-                usage=reply.usage,
-                http_status=200,
-                stop_reason=reply.stop_reason,
-                label=verdict.label if isinstance(verdict, Answer) else None,
-                confidence=verdict.confidence if isinstance(verdict, Answer) else None,
-                escalation_reason=reason,
-                upstream_request_id=reply.request_id,
-                latency_ms=reply.latency_ms,
-                error_message=verdict.detail if isinstance(verdict, Defect) else None,
-            ),
+        answered = isinstance(verdict, Answer)
+        result = Settlement(
+            outcome=str(verdict.reason) if isinstance(verdict, Defect) else "answered",
+            usage=reply.usage,
+            http_status=200,
+            stop_reason=reply.stop_reason,
+            label=verdict.label if isinstance(verdict, Answer) else None,
+            confidence=verdict.confidence if isinstance(verdict, Answer) else None,
+            escalation_reason=reason,
+            upstream_request_id=reply.request_id,
+            latency_ms=reply.latency_ms,
+            error_message=verdict.detail if isinstance(verdict, Defect) else None,
         )
+        # An answer that ends the request is recorded in the same transaction as its charge.
+        ends_request = answered and (stage == "strong" or reason is None)
+        finish = self._finish_row(run, verdict, request.model) if ends_request else None
+        await self._settle(run, plan, reservation, result, finish)
         return verdict
 
-    async def _settle(self, run: _Run, plan: AttemptPlan, reservation: Reservation, result: Settlement) -> None:
-        """Settle, retrying briefly if the database blinks; past that the sweeper charges the worst case."""
+    def _finish_row(self, run: _Run, verdict: Answer | Defect, model: str) -> dict[str, Any]:
+        assert isinstance(verdict, Answer)
+        run.finished_ms = run.elapsed_ms()
+        return {
+            "status": "ok",
+            "label": verdict.label,
+            "confidence": verdict.confidence,
+            "model": model,
+            "escalated": run.escalation_reason is not None,
+            "escalation_reason": run.escalation_reason,
+            "latency_ms": run.finished_ms,
+            "finished_at": self.budget.clock(),
+        }
+
+    async def _settle(
+        self,
+        run: _Run,
+        plan: AttemptPlan,
+        reservation: Reservation,
+        result: Settlement,
+        finish: dict[str, Any] | None = None,
+    ) -> None:
+        """Settle, shielded from cancellation and retried briefly if the database blinks.
+
+        Past that the reservation stays held and the sweeper charges its worst case.
+        """
+        charged: Decimal | None = None
         for attempt in range(_SETTLE_TRIES):
             try:
-                charged = await self.budget.settle(reservation, result)
+                charged = await asyncio.shield(self.budget.settle(reservation, result, finish))
                 break
             except DatabaseUnavailable:
                 if attempt == _SETTLE_TRIES - 1:
@@ -282,5 +291,5 @@ class Cascade:
             await self.budget.record_request(
                 run.cmd.request_id, values, None if run.request_written else self._request_row(run)
             )
-        except DatabaseUnavailable:
-            logger.warning("could not record the failure of request %s", run.cmd.request_id)
+        except Exception:
+            logger.warning("could not record the failure of request %s", run.cmd.request_id, exc_info=True)

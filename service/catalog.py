@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -149,7 +149,7 @@ class Catalog:
     def price(self, model_id: str, at: datetime, prompt_tokens: int = 0) -> PriceRow:
         """The row in force for `model_id` on `at`'s UTC date, for a prompt of `prompt_tokens`."""
         model = self.model(model_id).id
-        day = at.date()
+        day = (at.astimezone(UTC) if at.tzinfo else at).date()
         rows = [
             p
             for p in self._prices

@@ -97,8 +97,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from service.runtime import Runtime
 
-    if settings.anthropic_api_key is None:
-        Runtime.build(settings, "")  # raises the one clear ConfigurationError
+    Runtime.check(settings)  # the one clear message, before uvicorn starts
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,

@@ -24,11 +24,18 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATEs of transient failures worth a 503 and a retry: deadlock, serialization, query cancelled.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "57014", "57P01", "57P02", "57P03"}
+
+
 def is_unreachable(exc: BaseException) -> bool:
+    """True when the database could not serve the transaction (as opposed to a bug or a constraint)."""
     if isinstance(exc, _UNREACHABLE):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         if exc.connection_invalidated:
+            return True
+        if getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
             return True
         name = type(exc.orig).__name__ if exc.orig is not None else ""
         return name in {

@@ -36,6 +36,7 @@ class Unavailable:
     """The model could not be reached after the retries the deadline allowed."""
 
     detail: str
+    retry_after_s: float | None = None
 
 
 Verdict = Answer | Defect | Unavailable
@@ -51,7 +52,7 @@ def read_answer(text: str | None, stop_reason: str | None, labels: Sequence[str]
         return Defect(EscalationReason.INVALID_ANSWER, f"no text block in the reply (stop_reason {stop_reason})")
     try:
         data = json.loads(text, parse_float=Decimal, parse_int=Decimal)
-    except (ValueError, InvalidOperation):
+    except (ValueError, InvalidOperation, RecursionError):
         return Defect(EscalationReason.INVALID_ANSWER, "the answer is not valid JSON")
     if not isinstance(data, dict) or set(data) != {"label", "confidence"}:
         return Defect(EscalationReason.INVALID_ANSWER, "the answer does not match the schema")

@@ -11,10 +11,11 @@ from typing import Any
 from service.catalog import ModelInfo
 
 # Per-request framing the API adds beyond the bytes we send; tokens never outnumber UTF-8 bytes otherwise.
-INPUT_TOKEN_OVERHEAD = 256
+INPUT_TOKEN_OVERHEAD = 512
 _ANSWER_TOKENS = 48  # {"label": "", "confidence": 0.93} plus slack, before the label itself
 
-_DELIMITER = re.compile(r"<(/?\s*text\s*)>", re.IGNORECASE)
+# Anything a reader could take for an opening or closing <text> tag, however spaced or decorated.
+_DELIMITER = re.compile(r"<(\s*/?\s*text\b[^>]*)>", re.IGNORECASE)
 
 SYSTEM_PROMPT = """You are a careful text classifier.
 Classify the text between <text> and </text> into exactly one of the allowed labels.
@@ -73,7 +74,8 @@ def build_request(model: ModelInfo, task: Task, text: str) -> MessageRequest:
         system += "\nTask instructions:\n" + task.instructions
     body: dict[str, Any] = {
         "model": model.id,
-        "max_tokens": _ANSWER_TOKENS + max(len(label.encode()) for label in task.labels),
+        # A label is echoed JSON-escaped, and no token is shorter than a byte.
+        "max_tokens": _ANSWER_TOKENS + max(len(json.dumps(label).encode()) for label in task.labels),
         "system": system,
         "messages": [{"role": "user", "content": f"<text>\n{escape_text(text)}\n</text>"}],
         "output_config": {"format": {"type": "json_schema", "schema": answer_schema(task.labels)}},

@@ -27,8 +27,9 @@ class Runtime:
     budget: Budget
     cascade: Cascade
 
-    @classmethod
-    def build(cls, settings: Settings, db_url: str) -> Runtime:
+    @staticmethod
+    def check(settings: Settings) -> str:
+        """Refuse settings that must not be served; returns the API key. Warnings go to the log."""
         if settings.anthropic_api_key is None:
             raise ConfigurationError(
                 "ANTHROPIC_API_KEY is not set. cascade never fakes answers: set a key, or point "
@@ -39,10 +40,14 @@ class Runtime:
         for model in (settings.cheap_model, settings.strong_model):
             for warning in catalog.check_servable(model, today):
                 logger.warning(warning)
+        return settings.anthropic_api_key.get_secret_value()
+
+    @classmethod
+    def build(cls, settings: Settings, db_url: str) -> Runtime:
+        api_key = cls.check(settings)
+        catalog = Catalog()
         db = Database(db_url, settings)
-        upstream = Upstream(
-            settings.anthropic_api_key.get_secret_value(), settings.anthropic_base_url, settings.upstream_pool_size
-        )
+        upstream = Upstream(api_key, settings.anthropic_base_url, settings.upstream_pool_size)
         budget = Budget(db, catalog, settings)
         return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
 

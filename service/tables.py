@@ -77,8 +77,8 @@ class Cap(Base):
         CheckConstraint("scope IN ('global', 'team')", name="scope_known"),
         CheckConstraint("period IN ('day', 'month')", name="period_known"),
         CheckConstraint("(scope = 'team') = (team_id IS NOT NULL)", name="team_iff_team_scope"),
-        CheckConstraint("spent_usd >= 0 AND reserved_usd >= 0", name="amounts_not_negative"),
-        CheckConstraint("spent_usd + reserved_usd <= cap_usd", name="within_cap"),
+        CheckConstraint("spent_usd >= 0 AND reserved_usd >= 0 AND overrun_usd >= 0", name="amounts_not_negative"),
+        CheckConstraint("spent_usd + reserved_usd <= cap_usd + overrun_usd", name="within_cap"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -89,6 +89,8 @@ class Cap(Base):
     cap_usd: Mapped[Decimal] = mapped_column(Money)
     spent_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
     reserved_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    # Cost billed past the cap by an attempt that exceeded its own reservation; zero unless the bound failed.
+    overrun_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -118,11 +119,16 @@ class Upstream:
 
     async def create(self, request: MessageRequest, timeout_s: float) -> UpstreamReply:
         started = time.monotonic()
-        timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
         body: dict[str, Any] = request.body
         try:
-            raw = await self._client.messages.with_raw_response.create(**body, timeout=timeout)
-            message = await raw.parse()
+            # httpx timeouts are per phase (a trickling body resets the read timeout); this one is overall.
+            async with asyncio.timeout(timeout_s):
+                raw = await self._client.messages.with_raw_response.create(
+                    **body, timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
+                )
+                message = await raw.parse()
+            text = next((block.text for block in message.content if block.type == "text"), None)
+            usage = _usage(message)
         except anthropic.APIStatusError as exc:
             raise UpstreamFailure(
                 _outcome_for(exc.status_code),
@@ -130,9 +136,11 @@ class Upstream:
                 status=exc.status_code,
                 request_id=exc.request_id,
                 retry_after_s=retry_after(exc.response.headers),
+                # A gateway timeout reached the API and may have run (and been billed) anyway.
+                billed_unknown=exc.status_code == 504,
                 latency_ms=_ms_since(started),
             ) from exc
-        except anthropic.APITimeoutError as exc:
+        except (anthropic.APITimeoutError, TimeoutError) as exc:
             raise UpstreamFailure(
                 "timeout",
                 f"no answer within {timeout_s:.1f}s",
@@ -146,20 +154,19 @@ class Upstream:
                 billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
                 latency_ms=_ms_since(started),
             ) from exc
-        except anthropic.APIResponseValidationError as exc:
+        except (anthropic.APIResponseValidationError, ValueError, TypeError, AttributeError) as exc:
+            # A 200 whose body is not a Message: it may have been billed, and its usage is unreadable.
             raise UpstreamFailure(
                 "malformed_response",
-                f"the API answered with a body that is not a Message: {exc}",
-                status=exc.status_code,
+                f"the API answered with a body that is not a Message: {type(exc).__name__}",
                 billed_unknown=True,
                 latency_ms=_ms_since(started),
             ) from exc
-        text = next((block.text for block in message.content if block.type == "text"), None)
         return UpstreamReply(
             text=text,
             stop_reason=message.stop_reason,
-            usage=_usage(message),
-            request_id=raw.headers.get("request-id") or getattr(message, "_request_id", None),
+            usage=usage,
+            request_id=raw.headers.get("request-id"),
             latency_ms=_ms_since(started),
         )
 

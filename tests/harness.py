@@ -89,6 +89,7 @@ async def assert_ledger_invariants(db: Database, *, requests_finished: bool = Tr
     for cap in cap_rows:
         assert cap.reserved_usd == 0, f"cap {cap.id} still holds {cap.reserved_usd}"
         assert cap.spent_usd + cap.reserved_usd <= cap.cap_usd
+        assert cap.overrun_usd == 0, "an attempt cost more than its reservation"
         in_scope = [
             a
             for a in attempts

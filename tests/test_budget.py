@@ -154,3 +154,37 @@ async def test_sweeper_charges_orphans_at_worst_case_and_the_late_holder_does_no
     day = next(c for c in await caps(db) if c.period == "day")
     assert day.spent_usd == orphan.amount + Decimal("0.000015")
     await assert_ledger_invariants(db, requests_finished=False)
+
+
+async def test_a_cost_above_its_reservation_is_recorded_as_an_overrun(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget(CASCADE_DAILY_CAP_USD="0.003")
+    p = plan(team)
+    reservation = await b.reserve(p, request_row(p, clock.now))  # 0.00232 of 0.003
+    # An upstream that bills past the bound: the truth is kept, the period is closed.
+    charged = await b.settle(reservation, Settlement("answered", TokenUsage(input=4000)))
+    assert charged == Decimal("0.004")
+    day = next(c for c in await caps(db) if c.period == "day")
+    assert (day.spent_usd, day.reserved_usd, day.overrun_usd) == (Decimal("0.004"), 0, Decimal("0.001"))
+    with pytest.raises(CostCapExceeded):
+        await b.reserve(plan(team), None)
+    async with db.transaction() as session:
+        attempt = await session.get(Attempt, reservation.attempt_id)
+    assert attempt is not None
+    assert attempt.cost_usd == Decimal("0.004")
+
+
+async def test_configured_global_caps_apply_at_start_but_never_below_what_is_committed(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget(CASCADE_DAILY_CAP_USD="1")
+    p = plan(team)
+    await b.settle(await b.reserve(p, request_row(p, clock.now)), Settlement("answered", None))  # 0.00232 spent
+    lowered, _ = budget(CASCADE_DAILY_CAP_USD="0.001", CASCADE_MONTHLY_CAP_USD="5")
+    await lowered.sync_global_caps(clock.now.date())
+    amounts = {c.period: c.cap_usd for c in await caps(db)}
+    assert amounts == {"day": Decimal("0.00232"), "month": Decimal("5")}
+    with pytest.raises(CostCapExceeded):
+        await lowered.reserve(plan(team), None)
+    await assert_ledger_invariants(db, requests_finished=False)

@@ -245,3 +245,16 @@ async def test_request_ids_are_unique_and_audit_matches(service: Service) -> Non
         assert [a["outcome"] for a in audit["attempts"]] == [a["outcome"] for a in body["attempts"]]
     assert len(ids) == 5 and all(uuid.UUID(i) for i in ids)
     await assert_ledger_invariants(service.db)
+
+
+async def test_a_200_that_is_not_a_message_is_charged_at_its_reservation(service: Service) -> None:
+    response = await service.classify(directive(cheap="garbage,conf=0.95"))
+    assert response.status_code == 200, response.text
+    rows = await check_ledger(service, response.json(), [(CHEAP, "malformed_response"), (CHEAP, "answered")])
+    assert rows[0].cost_usd == rows[0].reserved_usd
+
+
+async def test_upstream_retry_after_reaches_the_client(service: Service) -> None:
+    response = await service.classify(directive(cheap="conf=0.3", strong="529:7,529:7,529:7,529:7"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"

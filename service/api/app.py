@@ -19,13 +19,13 @@ from service.settings import Settings
 
 def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Litestar:
     """Build the app; `db_url` is resolved by the caller (an embedded cluster or DATABASE_URL)."""
-    runtime = Runtime.build(settings, db_url)  # fails fast on configuration errors
+    Runtime.check(settings)  # fail fast on configuration errors, before anything is served
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.runtime = runtime
-        await runtime.start()
+        runtime = app.state.runtime = Runtime.build(settings, db_url)
         try:
+            await runtime.start()
             if sweeper:
                 async with runtime.sweeping():
                     yield

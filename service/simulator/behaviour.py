@@ -81,6 +81,7 @@ class Behaviour:
     slow_seconds: float | None = None  # None means "the configured slow_seconds"
     drop: bool = False
     malformed: bool = False
+    garbage: bool = False  # a 200 whose body is not a Message at all
     refusal: bool = False
     max_tokens: bool = False
     thinking: bool = False
@@ -101,6 +102,7 @@ _SLOW = re.compile(r"slow(?::(\d+(?:\.\d*)?|\.\d+))?")
 _FLAGS: dict[str, Callable[[Behaviour], Behaviour]] = {
     "drop": lambda b: replace(b, drop=True),
     "malformed": lambda b: replace(b, malformed=True),
+    "garbage": lambda b: replace(b, garbage=True),
     "refusal": lambda b: replace(b, refusal=True),
     "max_tokens": lambda b: replace(b, max_tokens=True),
     "thinking": lambda b: replace(b, thinking=True),

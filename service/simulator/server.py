@@ -352,6 +352,8 @@ class Simulator:
             return response
 
         self._window.charge(parsed.input_tokens, parsed.max_tokens)
+        if plan.garbage:
+            return _Response(status=200, body=b"<html>upstream proxy error</html>", headers=self._headers(request_id))
         answer = behaviour.classify(self.config.seed, parsed.model, parsed.text, parsed.labels)
         thinks = plan.thinking or (parsed.model in behaviour.ADAPTIVE_THINKING_MODELS and not parsed.thinking_disabled)
         reply = behaviour.reply(
