@@ -35,6 +35,9 @@ class Unauthorized(CascadeError):
     status_code = 401
     type = "unauthorized"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="cascade"'})
+
 
 class Forbidden(CascadeError):
     status_code = 403

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
+CONFIDENCE_QUANTUM = Decimal("0.000001")
+
 
 class EscalationReason(StrEnum):
     LOW_CONFIDENCE = "low_confidence"
@@ -61,7 +63,8 @@ def read_answer(text: str | None, stop_reason: str | None, labels: Sequence[str]
         return Defect(EscalationReason.INVALID_ANSWER, f"label {label!r} is not one of the allowed labels")
     if not isinstance(confidence, Decimal) or not confidence.is_finite() or not 0 <= confidence <= 1:
         return Defect(EscalationReason.INVALID_ANSWER, f"confidence {confidence!r} is outside 0..1")
-    return Answer(label, confidence)
+    # Read to the precision the ledger stores, so the recorded value is the one the decision used.
+    return Answer(label, confidence.quantize(CONFIDENCE_QUANTUM))
 
 
 def escalation(verdict: Verdict, threshold: Decimal) -> EscalationReason | None:

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         validation_alias="CASCADE_THRESHOLD",
-        description="Default confidence below which the cheap answer escalates. A request may only raise it.",
+        description="Confidence below which the cheap answer escalates. A request may raise it, never lower it.",
     )
     daily_cap_usd: Decimal = Field(
         default=Decimal("50"),

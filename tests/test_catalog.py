@@ -64,14 +64,13 @@ def test_sonnet_55_rows_have_distinct_ids(catalog: Catalog) -> None:
     assert after.id == "claude-sonnet-5-5@2026-10-07"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Catalog.price documents 'on at's UTC date' but uses at.date() in at's own timezone",
-)
 def test_price_date_is_taken_in_utc(catalog: Catalog) -> None:
     # 01:00 in UTC+5 on the 7th is still the 6th in UTC: the old price applies.
     when = datetime(2026, 10, 7, 1, tzinfo=timezone(timedelta(hours=5)))
     assert catalog.price(SONNET_55, when).cache_read == Decimal("0.20")
+    # 23:30 in UTC-5 on the 6th is already the 7th in UTC: the new price applies.
+    late = datetime(2026, 10, 6, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert catalog.price(SONNET_55, late).cache_read == Decimal("0.10")
 
 
 @pytest.mark.parametrize(

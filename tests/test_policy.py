@@ -196,3 +196,16 @@ def test_threshold_zero_never_escalates_an_answer_and_one_escalates_all_but_cert
     assert escalation(Answer("positive", Decimal(0)), Decimal(0)) is None
     assert escalation(Answer("positive", Decimal("0.9999")), Decimal(1)) is EscalationReason.LOW_CONFIDENCE
     assert escalation(Answer("positive", Decimal(1)), Decimal(1)) is None
+
+
+def test_deeply_nested_json_is_an_invalid_answer_not_a_crash() -> None:
+    verdict = read_answer("[" * 5000 + "]" * 5000, "end_turn", ["a", "b"])
+    assert isinstance(verdict, Defect)
+    assert verdict.reason is EscalationReason.INVALID_ANSWER
+
+
+def test_confidence_is_read_to_the_precision_the_ledger_stores() -> None:
+    verdict = read_answer('{"label": "a", "confidence": 0.8499996}', "end_turn", ["a", "b"])
+    assert isinstance(verdict, Answer)
+    assert verdict.confidence == Decimal("0.850000")
+    assert escalation(verdict, Decimal("0.85")) is None

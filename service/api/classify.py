@@ -39,6 +39,8 @@ def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings
     if not 2 <= len(data.labels) <= settings.max_labels:
         raise InvalidInput(f"labels must have between 2 and {settings.max_labels} entries", field="labels")
     for label in data.labels:
+        if "\x00" in label:
+            raise InvalidInput("labels must not contain NUL characters", field="labels")
         if not label.strip():
             raise InvalidInput("labels must not be empty", field="labels")
         if len(label) > settings.max_label_chars:
@@ -47,6 +49,10 @@ def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings
             )
     if len(set(data.labels)) != len(data.labels):
         raise InvalidInput("labels must be unique", field="labels")
+    if data.instructions is not None and "\x00" in data.instructions:
+        raise InvalidInput("instructions must not contain NUL characters", field="instructions")
+    if data.threshold is not None and data.threshold < settings.threshold:
+        raise InvalidInput(f"threshold may raise the server's {settings.threshold} but not lower it", field="threshold")
     if data.instructions is not None and len(data.instructions) > settings.max_instructions_chars:
         raise InvalidInput(
             f"instructions are longer than {settings.max_instructions_chars} characters", field="instructions"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +28,12 @@ _HTTP_TYPES = {
 }
 
 
-def request_id_of(request: Request[Any, Any, Any]) -> str | None:
-    value = request.scope.get("state", {}).get("request_id")
-    return str(value) if value else None
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    """The request's id; errors raised by the router (before the middleware runs) get one here."""
+    state = request.scope.setdefault("state", {})
+    if not state.get("request_id"):
+        state["request_id"] = uuid.uuid4()
+    return str(state["request_id"])
 
 
 def error_response(
@@ -42,9 +46,7 @@ def error_response(
 ) -> Response[dict[str, Any]]:
     request_id = request_id_of(request)
     body = {"error": {"type": type_, "message": message, **extra}, "request_id": request_id}
-    headers = dict(headers or {})
-    if request_id:
-        headers["x-request-id"] = request_id
+    headers = {**(headers or {}), "x-request-id": request_id}
     return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
@@ -61,7 +63,10 @@ def cascade_error(request: Request[Any, Any, Any], exc: CascadeError) -> Respons
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     problems = exc.extra if isinstance(exc.extra, list) else []
     fields = [str(p.get("key")) for p in problems if isinstance(p, dict) and p.get("key")]
-    details = "; ".join(f"{p.get('key')}: {p.get('message')}" for p in problems if isinstance(p, dict)) or exc.detail
+    details = (
+        "; ".join(f"{p.get('key') or 'body'}: {p.get('message')}" for p in problems if isinstance(p, dict))
+        or exc.detail
+    )
     extra: dict[str, Any] = {"field": fields[0]} if fields else {}
     return error_response(request, 422, "invalid_request", f"invalid request body: {details}", **extra)
 

@@ -26,6 +26,7 @@ class ClassifyIn(BaseModel):
         default=None,
         ge=0,
         le=1,
+        decimal_places=6,
         description="Confidence below which the cheap answer escalates; defaults to the server's setting.",
     )
 
