@@ -105,11 +105,12 @@ MODELS: tuple[ModelInfo, ...] = (
         aliases=("claude-sonnet-4-5",),
     ),
     ModelInfo("claude-sonnet-4-6", "Claude Sonnet 4.6", "sonnet", 1_000_000, 128_000),
+    ModelInfo("claude-sonnet-5", "Claude Sonnet 5", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-sonnet-5-5", "Claude Sonnet 5.5", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-haiku-5-5", "Claude Haiku 5.5", "haiku", 1_000_000, 128_000, thinks_by_default=True),
 )
 
-# Claude Sonnet 5 is live but no price for it is on record here, so it cannot be configured.
+# Claude Sonnet 5 is live but no price for it is on record here, so it is refused at start-up.
 LISTED = date(2025, 1, 1)  # rows with no known start date apply from the catalog's first listing
 PRICES: tuple[PriceRow, ...] = (
     PriceRow("claude-haiku-4-5-20251001", LISTED, _d("1.00"), _d("1.25"), _d("2.00"), _d("0.10"), _d("5.00")),
@@ -158,7 +159,7 @@ class Catalog:
             and (p.above_prompt_tokens == 0 or prompt_tokens > p.above_prompt_tokens)
         ]
         if not rows:
-            raise ConfigurationError(f"no price for {model_id!r} on {day.isoformat()}")
+            raise ConfigurationError(f"no price on record for {model_id!r} on {day.isoformat()}")
         return max(rows, key=lambda p: (p.above_prompt_tokens, p.effective_from))
 
     def check_servable(self, model_id: str, today: date) -> list[str]:

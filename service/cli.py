@@ -98,6 +98,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from service.runtime import Runtime
 
     Runtime.check(settings)  # the one clear message, before uvicorn starts
+    asyncio.run(_check_schema(settings))
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
@@ -106,6 +107,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         workers=args.workers,
         log_level="info",
     )
+
+
+async def _check_schema(settings: Settings) -> None:
+    from service import schema
+    from service.database import Database, resolve_url
+
+    db = Database(resolve_url(settings), settings)
+    try:
+        await schema.check_current(db)
+    finally:
+        await db.dispose()
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> None:

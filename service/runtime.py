@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from service import schema
 from service.budget import Budget, utcnow
 from service.cascade import Cascade
 from service.catalog import Catalog
@@ -28,7 +29,7 @@ class Runtime:
     cascade: Cascade
 
     @staticmethod
-    def check(settings: Settings) -> str:
+    def check(settings: Settings, *, warn: bool = True) -> str:
         """Refuse settings that must not be served; returns the API key. Warnings go to the log."""
         if settings.anthropic_api_key is None:
             raise ConfigurationError(
@@ -39,12 +40,13 @@ class Runtime:
         today = utcnow().date()
         for model in (settings.cheap_model, settings.strong_model):
             for warning in catalog.check_servable(model, today):
-                logger.warning(warning)
+                if warn:
+                    logger.warning(warning)
         return settings.anthropic_api_key.get_secret_value()
 
     @classmethod
     def build(cls, settings: Settings, db_url: str) -> Runtime:
-        api_key = cls.check(settings)
+        api_key = cls.check(settings, warn=False)
         catalog = Catalog()
         db = Database(db_url, settings)
         upstream = Upstream(api_key, settings.anthropic_base_url, settings.upstream_pool_size)
@@ -52,8 +54,9 @@ class Runtime:
         return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
 
     async def start(self) -> None:
-        """Apply the configured global caps to the current periods; a database outage is not fatal here."""
+        """Check the schema and apply the configured global caps; a database outage is not fatal here."""
         try:
+            await schema.check_current(self.db)
             await self.budget.sync_global_caps()
         except DatabaseUnavailable:
             logger.warning("database unavailable at start-up; caps will be applied when it answers")

@@ -7,6 +7,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
+
+from service.database import Database
+from service.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -29,3 +34,18 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 def head() -> str | None:
     return ScriptDirectory.from_config(_config("")).get_current_head()
+
+
+async def check_current(db: Database) -> None:
+    """Refuse to serve a database that `cascade migrate` has not brought to head."""
+    expected = head()
+    try:
+        async with db.transaction() as session:
+            found = await session.scalar(text("SELECT version_num FROM alembic_version"))
+    except ProgrammingError:
+        found = None
+    if found != expected:
+        raise ConfigurationError(
+            f"the database schema is at {found or 'nothing'} but this release needs {expected}: "
+            "run `cascade migrate` first"
+        )

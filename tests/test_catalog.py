@@ -108,7 +108,13 @@ def test_aliases_resolve_to_pinned_ids(catalog: Catalog, alias: str, pinned: str
     assert catalog.price(alias, at(date(2026, 6, 1))).id.startswith(pinned + "@")
 
 
-@pytest.mark.parametrize("model_id", ["gpt-4o", "claude-haiku-4", "", "CLAUDE-HAIKU-4-5", SONNET_5])
+def test_a_listed_model_without_a_price_is_refused(catalog: Catalog) -> None:
+    assert catalog.model(SONNET_5).name == "Claude Sonnet 5"
+    with pytest.raises(ConfigurationError, match="no price on record"):
+        catalog.check_servable(SONNET_5, date(2026, 11, 25))
+
+
+@pytest.mark.parametrize("model_id", ["gpt-4o", "claude-haiku-4", "", "CLAUDE-HAIKU-4-5"])
 def test_an_unknown_model_raises_configuration_error(catalog: Catalog, model_id: str) -> None:
     with pytest.raises(ConfigurationError, match="not in the catalog"):
         catalog.model(model_id)
