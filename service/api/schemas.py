@@ -115,6 +115,7 @@ class CapOut(BaseModel):
     spent_usd: MoneyStr
     reserved_usd: MoneyStr
     remaining_usd: MoneyStr
+    overrun_usd: MoneyStr
 
 
 class SpendOut(BaseModel):

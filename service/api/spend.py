@@ -22,7 +22,8 @@ async def spend(caller: NamedDependency[Caller], runtime: NamedDependency[Runtim
                 cap_usd=c.cap_usd,
                 spent_usd=c.spent_usd,
                 reserved_usd=c.reserved_usd,
-                remaining_usd=c.cap_usd - c.spent_usd - c.reserved_usd,
+                remaining_usd=max(c.cap_usd - c.spent_usd - c.reserved_usd, 0),
+                overrun_usd=c.overrun_usd,
             )
             for c in caps
         ]
