@@ -220,17 +220,12 @@ def _print_report(
     )
     table = Table(title="Tokens and cost per model")
     table.add_column("model", no_wrap=True)
-    for column in ("attempts", "input", "cache w", "cache r", "output", "cost USD"):
-        table.add_column(column, justify="right")
+    for column in ("calls", "input", "output", "cache w/r", "cost USD"):
+        table.add_column(column, justify="right", no_wrap=True)
     for m in report.models:
+        cache = f"{m.tokens['cache_write_5m'] + m.tokens['cache_write_1h']}/{m.tokens['cache_read']}"
         table.add_row(
-            m.model,
-            str(m.attempts),
-            str(m.tokens["input"]),
-            str(m.tokens["cache_write_5m"] + m.tokens["cache_write_1h"]),
-            str(m.tokens["cache_read"]),
-            str(m.tokens["output"]),
-            f"{m.cost_usd:.6f}",
+            m.model, str(m.attempts), str(m.tokens["input"]), str(m.tokens["output"]), cache, f"{m.cost_usd:.6f}"
         )
     console.print(table)
     console.print(
