@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from service.caps import CapKey, CapRepository, period_keys
+from service.caps import CapKey, CapRepository, TeamCaps, period_keys
 from service.catalog import Catalog, PriceRow, TokenUsage
 from service.database import Database
 from service.errors import CostCapExceeded
@@ -36,6 +36,7 @@ class AttemptPlan:
     model: str
     input_token_bound: int
     max_tokens: int
+    team_caps: TeamCaps = field(default_factory=TeamCaps)
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,28 @@ class Budget:
     def _cap_amount(self, key: CapKey) -> Decimal:
         return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
 
+    def _applicable(self, day: date, plan: AttemptPlan) -> list[tuple[CapKey, Decimal]]:
+        """Every cap one charge must fit under: global day and month, and the team's own where it has them."""
+        month = day.replace(day=1)
+        caps = [(key, self._cap_amount(key)) for key in period_keys(day)]
+        if plan.team_caps.daily_usd is not None:
+            caps.append((CapKey("team", plan.team_id, "day", day), plan.team_caps.daily_usd))
+        if plan.team_caps.monthly_usd is not None:
+            caps.append((CapKey("team", plan.team_id, "month", month), plan.team_caps.monthly_usd))
+        return caps
+
     async def reserve(self, plan: AttemptPlan, new_request: dict[str, Any] | None = None) -> Reservation:
         """Hold the attempt's worst case on every applicable cap row and write its ledger row, or raise."""
         at = self.clock()
         day = at.date()
         price = self.catalog.price(plan.model, at, plan.input_token_bound)
         amount = price.worst_case(plan.input_token_bound, plan.max_tokens)
-        keys = period_keys(day)
+        applicable = self._applicable(day, plan)
+        keys = [key for key, _ in applicable]
         async with self.db.transaction() as session:
             caps = CapRepository(session)
             ledger = LedgerRepository(session)
-            ids = [await self._cap_id(caps, key) for key in keys]
+            ids = [await self._cap_id(caps, key, amount) for key, amount in applicable]
             refused = await caps.reserve(ids, amount)
             if refused:
                 raise self._refusal(keys, ids, refused, amount)  # leaving the block rolls everything back
@@ -122,10 +134,10 @@ class Budget:
             )
         return Reservation(attempt_id, plan.model, amount, at, plan.input_token_bound)
 
-    async def _cap_id(self, caps: CapRepository, key: CapKey) -> int:
+    async def _cap_id(self, caps: CapRepository, key: CapKey, amount: Decimal) -> int:
         cached = self._cap_ids.get(key)
         if cached is None:
-            cached = self._cap_ids[key] = await caps.ensure(key, self._cap_amount(key))
+            cached = self._cap_ids[key] = await caps.ensure(key, amount)
         return cached
 
     def _refusal(

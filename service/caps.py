@@ -27,6 +27,14 @@ class CapKey:
         return f"{owner} {'daily' if self.period == 'day' else 'monthly'}"
 
 
+@dataclass(frozen=True)
+class TeamCaps:
+    """A team's own caps; None means no team cap for that period (the global caps still apply)."""
+
+    daily_usd: Decimal | None = None
+    monthly_usd: Decimal | None = None
+
+
 def period_keys(day: date, team_id: uuid.UUID | None = None) -> list[CapKey]:
     """The cap rows that one charge on `day` must fit under."""
     month = day.replace(day=1)
@@ -135,14 +143,12 @@ class CapRepository:
         )
 
     async def current(self, day: date, team_id: uuid.UUID | None = None) -> list[Cap]:
-        keys = period_keys(day, team_id)
-        rows = await self.session.scalars(
-            select(Cap)
-            .where(
-                Cap.period_start.in_({k.period_start for k in keys}),
-                (Cap.scope == "global") | (Cap.team_id == team_id),
-            )
-            .order_by(Cap.scope, Cap.period)
+        """The rows of the periods containing `day`: one team's, or (team_id None) every row."""
+        month = day.replace(day=1)
+        query = select(Cap).where(
+            ((Cap.period == "day") & (Cap.period_start == day))
+            | ((Cap.period == "month") & (Cap.period_start == month))
         )
-        wanted = {(k.scope, k.team_id, k.period, k.period_start) for k in keys}
-        return [c for c in rows if (c.scope, c.team_id, c.period, c.period_start) in wanted]
+        if team_id is not None:
+            query = query.where(Cap.team_id == team_id)
+        return list((await self.session.scalars(query.order_by(Cap.scope, Cap.team_id, Cap.period))).all())

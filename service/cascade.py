@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.budget import AttemptPlan, Budget, Reservation, Settlement
+from service.caps import TeamCaps
 from service.catalog import Catalog, ModelInfo, TokenUsage
 from service.errors import (
     CascadeError,
@@ -40,6 +41,7 @@ class ClassifyCommand:
     text: str
     task: Task
     threshold: Decimal
+    team_caps: TeamCaps = field(default_factory=TeamCaps)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class Cascade:
             model=request.model,
             input_token_bound=request.input_token_bound,
             max_tokens=request.max_tokens,
+            team_caps=run.cmd.team_caps,
         )
         reservation = await self.budget.reserve(plan, None if run.request_written else self._request_row(run))
         run.request_written = True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
+from typing import Any
 
 
 class CascadeError(Exception):
@@ -47,6 +49,43 @@ class Forbidden(CascadeError):
 class NotFound(CascadeError):
     status_code = 404
     type = "not_found"
+
+
+class Conflict(CascadeError):
+    status_code = 409
+    type = "conflict"
+
+
+class IdempotencyInFlight(CascadeError):
+    status_code = 409
+    type = "idempotency_key_in_flight"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class IdempotencyKeyReused(CascadeError):
+    status_code = 422
+    type = "idempotency_key_reused"
+
+
+class Replayed(CascadeError):
+    """A stored error response replayed for a repeated Idempotency-Key: same status, same body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__("replayed")
+        self.status_code = status
+        self.body = body
+
+
+class RateLimited(CascadeError):
+    """This team sent more requests than its rate allows; distinct from an upstream rate limit (503)."""
+
+    status_code = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 class CostCapExceeded(CascadeError):

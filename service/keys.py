@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.caps import TeamCaps
 from service.database import Database
 from service.tables import ApiKey, Team
 
@@ -29,6 +30,7 @@ def hash_key(key: str) -> str:
 class Caller:
     team_id: uuid.UUID
     team_name: str
+    caps: TeamCaps = field(default_factory=TeamCaps)
 
 
 class KeyRepository:
@@ -47,12 +49,14 @@ class KeyRepository:
     async def caller(self, key: str) -> Caller | None:
         row = (
             await self.session.execute(
-                select(Team.id, Team.name)
+                select(Team.id, Team.name, Team.daily_cap_usd, Team.monthly_cap_usd)
                 .join(ApiKey, ApiKey.team_id == Team.id)
                 .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
             )
         ).one_or_none()
-        return Caller(row.id, row.name) if row else None
+        if row is None:
+            return None
+        return Caller(row.id, row.name, TeamCaps(row.daily_cap_usd, row.monthly_cap_usd))
 
 
 async def issue_key(db: Database, team: str) -> str:

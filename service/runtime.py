@@ -14,7 +14,10 @@ from service.cascade import Cascade
 from service.catalog import Catalog
 from service.database import Database
 from service.errors import ConfigurationError, DatabaseUnavailable
+from service.idempotency import Idempotency
+from service.ratelimit import RateLimiter
 from service.settings import Settings
+from service.teams import Teams
 from service.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ class Runtime:
     upstream: Upstream
     budget: Budget
     cascade: Cascade
+    teams: Teams
+    idempotency: Idempotency
+    limiter: RateLimiter
 
     @staticmethod
     def check(settings: Settings, *, warn: bool = True) -> str:
@@ -51,7 +57,16 @@ class Runtime:
         db = Database(db_url, settings)
         upstream = Upstream(api_key, settings.anthropic_base_url, settings.upstream_pool_size)
         budget = Budget(db, catalog, settings)
-        return cls(settings, db, upstream, budget, Cascade(budget, upstream, catalog, settings))
+        return cls(
+            settings=settings,
+            db=db,
+            upstream=upstream,
+            budget=budget,
+            cascade=Cascade(budget, upstream, catalog, settings),
+            teams=Teams(db),
+            idempotency=Idempotency(db, budget.clock, settings.reservation_ttl_s),
+            limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
+        )
 
     async def start(self) -> None:
         """Check the schema and apply the configured global caps; a database outage is not fatal here."""
@@ -67,6 +82,7 @@ class Runtime:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await self.budget.sweep()
+                await self.idempotency.purge_expired()
             except DatabaseUnavailable:
                 logger.warning("sweeper: database unavailable, will retry")
             except Exception:

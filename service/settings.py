@@ -134,6 +134,18 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_UPSTREAM_POOL_SIZE",
         description="Most concurrent connections to the Anthropic API per process.",
     )
+    team_rate_per_s: float = Field(
+        default=100.0,
+        gt=0,
+        validation_alias="CASCADE_TEAM_RATE_PER_S",
+        description="Classify requests per second each team may send to one process (429 past it).",
+    )
+    team_burst: int = Field(
+        default=200,
+        ge=1,
+        validation_alias="CASCADE_TEAM_BURST",
+        description="Requests a team may send at once before its rate applies.",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, validation_alias="CASCADE_DB_POOL_SIZE", description="SQLAlchemy pool size per process."
     )

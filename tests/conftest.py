@@ -91,6 +91,7 @@ def make_settings(database_url: str, sim: Simulator) -> Callable[..., Settings]:
             "CASCADE_RETRY_BASE_S": 0.01,
             "CASCADE_RETRY_CAP_S": 0.05,
             "CASCADE_SWEEP_INTERVAL_S": 3600,
+            "CASCADE_TEAM_BURST": 100_000,
             "CASCADE_DATA_DIR": str(Path(".cascade-test")),
         }
         values.update(overrides)

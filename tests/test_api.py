@@ -19,6 +19,7 @@ from service.database import Database
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import Request
+from service.teams import Teams
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
 
 MONEY_SUFFIXES = ("_usd", "_per_mtok")
@@ -460,13 +461,14 @@ async def test_the_audit_record_shows_each_attempt_with_its_price_and_tokens(ser
 
 
 async def test_money_on_the_wire_is_always_a_decimal_string(service: Service) -> None:
+    await Teams(service.db).set_caps("team-a", Decimal(5), Decimal(50), utcnow().date())
     created = await service.classify("{{sim:cheap=conf=0.5}} The blender is loud but works.")
     assert created.status_code == 200, created.text
     audit = await service.client.get(f"/v1/requests/{created.json()['id']}", headers=service.auth)
     spend = await service.client.get("/v1/spend", headers=service.auth)
     assert assert_money_is_decimal_strings(created.json()) >= 3  # the total and each attempt's cost
     assert assert_money_is_decimal_strings(audit.json()) == 1 + 2 * 7  # cost, reserved and 5 prices per attempt
-    assert assert_money_is_decimal_strings(spend.json()) >= 8  # 4 amounts for each of the 2 global caps
+    assert assert_money_is_decimal_strings(spend.json()) >= 8  # 4 amounts for each of the team's 2 caps
     # The raw JSON holds no bare number where money is.
     for raw in (created.text, audit.text, spend.text):
         assert not re.search(r'"\w+(_usd|_per_mtok)"\s*:\s*[-\d]', raw), raw
@@ -520,8 +522,9 @@ async def test_the_upstream_retry_after_reaches_the_client(service: Service) -> 
 # --- spend ------------------------------------------------------------------------------------------------
 
 
-def global_caps(spend: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["period"]: c for c in spend["caps"] if c["scope"] == "global"}
+def team_caps(spend: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    assert all(c["scope"] == "team" for c in spend["caps"]), "a team sees only its own caps"
+    return {c["period"]: c for c in spend["caps"]}
 
 
 def assert_cap_arithmetic(cap: dict[str, Any]) -> None:
@@ -532,18 +535,19 @@ def assert_cap_arithmetic(cap: dict[str, Any]) -> None:
     )
 
 
-async def test_spend_lists_the_global_day_and_month_caps(service: Service) -> None:
+async def test_spend_lists_the_teams_day_and_month_caps(service: Service) -> None:
+    await Teams(service.db).set_caps("team-a", Decimal(5), Decimal(50), utcnow().date())
     created = await service.classify("{{sim:cheap=conf=0.5}} The blender is loud but works.")
     assert created.status_code == 200, created.text
     response = await service.client.get("/v1/spend", headers=service.auth)
     assert response.status_code == 200, response.text
-    caps = global_caps(response.json())
+    caps = team_caps(response.json())
     assert set(caps) == {"day", "month"}
     today = utcnow().date()
     assert caps["day"]["period_start"] == today.isoformat()
     assert caps["month"]["period_start"] == today.replace(day=1).isoformat()
-    assert Decimal(caps["day"]["cap_usd"]) == service.settings.daily_cap_usd
-    assert Decimal(caps["month"]["cap_usd"]) == service.settings.monthly_cap_usd
+    assert Decimal(caps["day"]["cap_usd"]) == 5
+    assert Decimal(caps["month"]["cap_usd"]) == 50
     spent = sum((a.cost_usd or Decimal(0) for a in await service.attempts()), Decimal(0))
     assert spent > 0
     for cap in caps.values():
@@ -554,14 +558,16 @@ async def test_spend_lists_the_global_day_and_month_caps(service: Service) -> No
 
 
 async def test_spend_lists_the_caps_before_any_spend(service: Service) -> None:
+    assert (await service.client.get("/v1/spend", headers=service.auth)).json() == {"caps": []}
+    await Teams(service.db).set_caps("team-a", Decimal(5), None, utcnow().date())
     response = await service.client.get("/v1/spend", headers=service.auth)
     assert response.status_code == 200, response.text
-    caps = global_caps(response.json())
-    assert set(caps) == {"day", "month"}
+    caps = team_caps(response.json())
+    assert set(caps) == {"day"}
     for cap in caps.values():
         assert_cap_arithmetic(cap)
         assert Decimal(cap["spent_usd"]) == 0
-    assert Decimal(caps["day"]["remaining_usd"]) == service.settings.daily_cap_usd
+    assert Decimal(caps["day"]["remaining_usd"]) == 5
 
 
 # --- health and schema ----------------------------------------------------------------------------------------

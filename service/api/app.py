@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service.api import classify, health, requests, spend
+from service.api import admin, classify, health, requests, spend
 from service.api.dependencies import provide_caller, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
@@ -35,7 +35,14 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
             await runtime.aclose()
 
     return Litestar(
-        route_handlers=[classify.classify, requests.get_request, spend.spend, health.live, health.ready],
+        route_handlers=[
+            classify.classify,
+            requests.get_request,
+            spend.spend,
+            health.live,
+            health.ready,
+            admin.admin_router,
+        ],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
             "caller": Provide(provide_caller),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from typing import Any
 
-from litestar import post
+from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 
+from service.api.errors import error_details
 from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, ErrorOut, Tokens
 from service.cascade import AttemptRecord, Classification, ClassifyCommand
-from service.errors import InvalidInput
+from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
+from service.idempotency import body_hash
 from service.keys import Caller
 from service.prompt import Task
 from service.runtime import Runtime
@@ -63,6 +68,7 @@ def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings
         text=data.text,
         task=Task(tuple(data.labels), data.instructions or None),
         threshold=settings.threshold if data.threshold is None else data.threshold,
+        team_caps=caller.caps,
     )
 
 
@@ -104,12 +110,46 @@ def classification_out(result: Classification) -> ClassifyOut:
     )
 
 
+def idempotency_key(headers: Any) -> str | None:
+    key = headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidInput("Idempotency-Key must be 1 to 255 printable characters", field="Idempotency-Key")
+    return str(key)
+
+
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
 async def classify(
     data: JSONBody[ClassifyIn],
+    request: Request[Any, Any, Any],
     caller: NamedDependency[Caller],
     runtime: NamedDependency[Runtime],
     call_id: NamedDependency[uuid.UUID],
-) -> ClassifyOut:
+) -> Response[ClassifyOut]:
+    runtime.limiter.acquire(caller.team_id)
     command = to_command(data, caller, call_id, runtime.settings)
-    return classification_out(await runtime.cascade.classify(command))
+    key = idempotency_key(request.headers)
+    if key is None:
+        return Response(classification_out(await runtime.cascade.classify(command)))
+    stored = await runtime.idempotency.begin(caller.team_id, key, body_hash(data.model_dump(mode="json")), call_id)
+    if stored is not None:
+        if stored.status != 200:
+            raise Replayed(stored.status, stored.body)
+        return Response(ClassifyOut.model_validate(stored.body), headers={"idempotent-replayed": "true"})
+    try:
+        out = classification_out(await runtime.cascade.classify(command))
+    except CascadeError as exc:
+        # Final answers (4xx, 502) are kept for replay; transient ones (503, 504) free the key for a retry.
+        if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
+            body = {"error": error_details(exc), "request_id": str(call_id)}
+            await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
+        else:
+            await runtime.idempotency.abandon(caller.team_id, key, call_id)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
+        raise
+    await runtime.idempotency.finish(caller.team_id, key, call_id, 200, out.model_dump(mode="json"))
+    return Response(out)

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
@@ -24,12 +25,12 @@ def provide_request_id(request: Request[Any, Any, Any]) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.uuid4()
 
 
-def presented_key(request: Request[Any, Any, Any]) -> str | None:
-    authorization = request.headers.get("authorization", "")
+def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    authorization = connection.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    return connection.headers.get("x-api-key") or None
 
 
 async def provide_caller(request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Caller:

@@ -11,7 +11,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from service.errors import CascadeError, CostCapExceeded, InvalidInput
+from service.errors import CascadeError, CostCapExceeded, InvalidInput, Replayed
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +50,23 @@ def error_response(
     return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
-def cascade_error(request: Request[Any, Any, Any], exc: CascadeError) -> Response[dict[str, Any]]:
-    extra: dict[str, Any] = {}
+def error_details(exc: CascadeError) -> dict[str, Any]:
+    """The `error` object of the wire shape for one of our errors."""
+    error: dict[str, Any] = {"type": exc.type, "message": exc.message}
     if isinstance(exc, InvalidInput) and exc.field:
-        extra["field"] = exc.field
+        error["field"] = exc.field
     if isinstance(exc, CostCapExceeded):
-        extra["cap"] = exc.cap
-        extra["remaining_usd"] = format(exc.remaining_usd.normalize(), "f")
-    return error_response(request, exc.status_code, exc.type, exc.message, headers=exc.headers, **extra)
+        error["cap"] = exc.cap
+        error["remaining_usd"] = format(exc.remaining_usd.normalize(), "f")
+    return error
+
+
+def cascade_error(request: Request[Any, Any, Any], exc: CascadeError) -> Response[dict[str, Any]]:
+    if isinstance(exc, Replayed):
+        headers = {**exc.headers, "x-request-id": request_id_of(request), "idempotent-replayed": "true"}
+        return Response(exc.body, status_code=exc.status_code, headers=headers, media_type=MediaType.JSON)
+    error = error_details(exc)
+    return error_response(request, exc.status_code, error.pop("type"), error.pop("message"), exc.headers, **error)
 
 
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
