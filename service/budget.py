@@ -65,6 +65,10 @@ class Settlement:
     error_message: str | None = None
 
 
+class _StaleCapRows(Exception):
+    """A cached cap row id no longer exists."""
+
+
 def _price_columns(price: PriceRow) -> dict[str, Any]:
     return {
         "price_id": price.id,
@@ -106,12 +110,30 @@ class Budget:
         price = self.catalog.price(plan.model, at, plan.input_token_bound)
         amount = price.worst_case(plan.input_token_bound, plan.max_tokens)
         applicable = self._applicable(day, plan)
+        try:
+            return await self._reserve(plan, new_request, applicable, price, amount, at)
+        except _StaleCapRows:
+            self._cap_ids.clear()  # a cached row is gone (never in production: rows are not deleted)
+            return await self._reserve(plan, new_request, applicable, price, amount, at)
+
+    async def _reserve(
+        self,
+        plan: AttemptPlan,
+        new_request: dict[str, Any] | None,
+        applicable: list[tuple[CapKey, Decimal]],
+        price: PriceRow,
+        amount: Decimal,
+        at: datetime,
+    ) -> Reservation:
+        day = at.date()
         keys = [key for key, _ in applicable]
         async with self.db.transaction() as session:
             caps = CapRepository(session)
             ledger = LedgerRepository(session)
-            ids = [await self._cap_id(caps, key, amount) for key, amount in applicable]
+            ids = [await self._cap_id(caps, key, cap_usd) for key, cap_usd in applicable]
             refused = await caps.reserve(ids, amount)
+            if any(remaining < 0 for remaining in refused.values()):
+                raise _StaleCapRows
             if refused:
                 raise self._refusal(keys, ids, refused, amount)  # leaving the block rolls everything back
             if new_request is not None:
@@ -144,8 +166,6 @@ class Budget:
     def _refusal(
         self, keys: list[CapKey], ids: list[int], refused: dict[int, Decimal], amount: Decimal
     ) -> CostCapExceeded:
-        if any(remaining < 0 for remaining in refused.values()):
-            self._cap_ids.clear()  # a cached row is gone; the next attempt re-creates it
         key, remaining = next((k, refused[i]) for k, i in zip(keys, ids, strict=True) if i in refused)
         remaining = max(remaining, Decimal(0))
         return CostCapExceeded(
