@@ -131,8 +131,8 @@ class Budget:
             caps = CapRepository(session)
             ledger = LedgerRepository(session)
             ids = [await self._cap_id(caps, key, cap_usd) for key, cap_usd in applicable]
-            refused = await caps.reserve(ids, amount)
-            if any(remaining < 0 for remaining in refused.values()):
+            refused, missing = await caps.reserve(ids, amount)
+            if missing:
                 raise _StaleCapRows
             if refused:
                 raise self._refusal(keys, ids, refused, amount)  # leaving the block rolls everything back

@@ -107,15 +107,12 @@ class CapRepository:
         assert found is not None
         return found
 
-    async def reserve(self, ids: list[int], amount: Decimal) -> dict[int, Decimal]:
-        """Reserve `amount` on every row; returns {id: remaining} of the rows that refused (roll back then).
-
-        A row missing altogether is reported with remaining -1.
-        """
+    async def reserve(self, ids: list[int], amount: Decimal) -> tuple[dict[int, Decimal], set[int]]:
+        """Reserve `amount` on every row. Returns the rows that refused ({id: remaining}) and the ids that
+        do not exist; if either is non-empty nothing may be kept (the caller rolls back)."""
         rows = (await self.session.execute(_LOCK_AND_RESERVE, {"ids": ids, "amount": amount})).all()
         refused = {row.id: row.remaining for row in rows if not row.ok}
-        missing = set(ids) - {row.id for row in rows}
-        return refused | {cap_id: Decimal(-1) for cap_id in missing}
+        return refused, set(ids) - {row.id for row in rows}
 
     async def settle(self, ids: list[int], reserved: Decimal, cost: Decimal) -> None:
         rows = (await self.session.execute(_SETTLE, {"ids": ids, "reserved": reserved, "cost": cost})).all()
