@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from service.caps import CapKey, CapRepository, TeamCaps, period_keys
+from service.caps import UNCAPPED, CapKey, CapRepository, TeamCaps, period_keys
 from service.catalog import Catalog, PriceRow, TokenUsage
 from service.database import Database
 from service.errors import CostCapExceeded
@@ -65,6 +65,10 @@ class Settlement:
     error_message: str | None = None
 
 
+def _or_uncapped(amount: Decimal | None) -> Decimal:
+    return UNCAPPED if amount is None else amount
+
+
 class _StaleCapRows(Exception):
     """A cached cap row id no longer exists."""
 
@@ -94,13 +98,13 @@ class Budget:
         return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
 
     def _applicable(self, day: date, plan: AttemptPlan) -> list[tuple[CapKey, Decimal]]:
-        """Every cap one charge must fit under: global day and month, and the team's own where it has them."""
+        """Every cap one charge must fit under: global day and month, team day and month (uncapped rows
+        still count the team's spend)."""
         month = day.replace(day=1)
         caps = [(key, self._cap_amount(key)) for key in period_keys(day)]
-        if plan.team_caps.daily_usd is not None:
-            caps.append((CapKey("team", plan.team_id, "day", day), plan.team_caps.daily_usd))
-        if plan.team_caps.monthly_usd is not None:
-            caps.append((CapKey("team", plan.team_id, "month", month), plan.team_caps.monthly_usd))
+        team = plan.team_caps
+        caps.append((CapKey("team", plan.team_id, "day", day), _or_uncapped(team.daily_usd)))
+        caps.append((CapKey("team", plan.team_id, "month", month), _or_uncapped(team.monthly_usd)))
         return caps
 
     async def reserve(self, plan: AttemptPlan, new_request: dict[str, Any] | None = None) -> Reservation:

@@ -27,6 +27,11 @@ class CapKey:
         return f"{owner} {'daily' if self.period == 'day' else 'monthly'}"
 
 
+# A team with no cap of its own for a period still has a row for it, so that its spend is always counted
+# (a cap set later starts from the truth); the row's cap is this, and reads show it as "no cap".
+UNCAPPED = Decimal(1_000_000_000)
+
+
 @dataclass(frozen=True)
 class TeamCaps:
     """A team's own caps; None means no team cap for that period (the global caps still apply)."""

@@ -20,6 +20,7 @@ from service import schema
 from service.api.app import create_app
 from service.api.server import serving
 from service.budget import utcnow
+from service.caps import UNCAPPED
 from service.catalog import Catalog
 from service.database import Database, resolve_url
 from service.keys import issue_key
@@ -160,10 +161,10 @@ async def _caps(db_url: str, settings: Settings) -> list[dict[str, str]]:
     return [
         {
             "cap": f"{r.scope} {r.period} {r.period_start}",
-            "cap_usd": _money(r.cap_usd),
+            "cap_usd": _money(r.cap_usd) if r.cap_usd < UNCAPPED else "none",
             "spent_usd": _money(r.spent_usd),
             "reserved_usd": _money(r.reserved_usd),
-            "remaining_usd": _money(r.cap_usd - r.spent_usd - r.reserved_usd),
+            "remaining_usd": _money(r.cap_usd - r.spent_usd - r.reserved_usd) if r.cap_usd < UNCAPPED else "-",
         }
         for r in rows
     ]

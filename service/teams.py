@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.caps import CapKey, CapRepository
+from service.caps import UNCAPPED, CapKey, CapRepository
 from service.database import Database
 from service.errors import Conflict, NotFound
 from service.keys import hash_key, new_key
@@ -112,13 +112,12 @@ class Teams:
             team.daily_cap_usd, team.monthly_cap_usd = daily, monthly
             caps = CapRepository(session)
             keys = [
-                (CapKey("team", team.id, "day", today), daily),
-                (CapKey("team", team.id, "month", today.replace(day=1)), monthly),
+                (CapKey("team", team.id, "day", today), UNCAPPED if daily is None else daily),
+                (CapKey("team", team.id, "month", today.replace(day=1)), UNCAPPED if monthly is None else monthly),
             ]
-            present = [(key, amount) for key, amount in keys if amount is not None]
-            ids = [await caps.ensure(key, amount) for key, amount in present]
+            ids = [await caps.ensure(key, amount) for key, amount in keys]
             await caps.lock(ids)
-            for key, amount in present:
+            for key, amount in keys:
                 await caps.set_amount(key, amount)
         return team
 

@@ -563,9 +563,10 @@ async def test_spend_lists_the_caps_before_any_spend(service: Service) -> None:
     response = await service.client.get("/v1/spend", headers=service.auth)
     assert response.status_code == 200, response.text
     caps = team_caps(response.json())
-    assert set(caps) == {"day"}
+    assert set(caps) == {"day", "month"}
+    assert (caps["month"]["cap_usd"], caps["month"]["remaining_usd"]) == (None, None), "no monthly cap of its own"
+    assert_cap_arithmetic(caps["day"])
     for cap in caps.values():
-        assert_cap_arithmetic(cap)
         assert Decimal(cap["spent_usd"]) == 0
     assert Decimal(caps["day"]["remaining_usd"]) == 5
 

@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api.dependencies import presented_key
 from service.api.schemas import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut, KeyOut, TeamIn, TeamOut
+from service.api.spend import cap_out
 from service.budget import utcnow
 from service.errors import Forbidden, Unauthorized
 from service.keys import authenticate
@@ -44,18 +45,8 @@ def team_out(team: Team) -> TeamOut:
     )
 
 
-def cap_out(cap: Cap, team: str | None) -> AdminCapOut:
-    return AdminCapOut(
-        scope=cap.scope,
-        team=team,
-        period=cap.period,
-        period_start=cap.period_start,
-        cap_usd=cap.cap_usd,
-        spent_usd=cap.spent_usd,
-        reserved_usd=cap.reserved_usd,
-        remaining_usd=max(cap.cap_usd - cap.spent_usd - cap.reserved_usd, 0),
-        overrun_usd=cap.overrun_usd,
-    )
+def admin_cap_out(cap: Cap, team: str | None) -> AdminCapOut:
+    return AdminCapOut(**cap_out(cap).model_dump(), team=team)
 
 
 @post("/teams", status_code=201, summary="Create a team")
@@ -94,7 +85,7 @@ async def set_caps(team: FromPath[str], data: JSONBody[CapsIn], runtime: NamedDe
 
 @get("/spend", summary="Every cap row of the current periods")
 async def all_spend(runtime: NamedDependency[Runtime]) -> AdminSpendOut:
-    return AdminSpendOut(caps=[cap_out(c, name) for c, name in await runtime.teams.current_caps(utcnow().date())])
+    return AdminSpendOut(caps=[admin_cap_out(c, name) for c, name in await runtime.teams.current_caps(utcnow().date())])
 
 
 admin_router = Router(

@@ -111,10 +111,10 @@ class CapOut(BaseModel):
     scope: str
     period: str
     period_start: date
-    cap_usd: MoneyStr
+    cap_usd: MoneyStr | None = Field(description="null: no cap of its own (spend is still counted)")
     spent_usd: MoneyStr
     reserved_usd: MoneyStr
-    remaining_usd: MoneyStr
+    remaining_usd: MoneyStr | None
     overrun_usd: MoneyStr
 
 
@@ -141,15 +141,15 @@ class TeamIn(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Team name: letters, digits, '_', '.', '-'.",
     )
-    daily_usd: Decimal | None = Field(default=None, ge=0, le=10**9, description="The team's daily cap, USD.")
-    monthly_usd: Decimal | None = Field(default=None, ge=0, le=10**9, description="The team's monthly cap, USD.")
+    daily_usd: Decimal | None = Field(default=None, ge=0, lt=10**9, description="The team's daily cap, USD.")
+    monthly_usd: Decimal | None = Field(default=None, ge=0, lt=10**9, description="The team's monthly cap, USD.")
 
 
 class CapsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    daily_usd: Decimal | None = Field(ge=0, le=10**9, description="Daily cap in USD; null removes it.")
-    monthly_usd: Decimal | None = Field(ge=0, le=10**9, description="Monthly cap in USD; null removes it.")
+    daily_usd: Decimal | None = Field(ge=0, lt=10**9, description="Daily cap in USD; null removes it.")
+    monthly_usd: Decimal | None = Field(ge=0, lt=10**9, description="Monthly cap in USD; null removes it.")
 
 
 class TeamOut(BaseModel):

@@ -1,4 +1,4 @@
-"""GET /v1/spend: where each cap stands."""
+"""GET /v1/spend: where the caller's team stands against its caps."""
 
 from __future__ import annotations
 
@@ -6,25 +6,26 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from service.api.schemas import CapOut, SpendOut
+from service.caps import UNCAPPED
 from service.keys import Caller
 from service.runtime import Runtime
+from service.tables import Cap
 
 
-@get("/v1/spend", summary="Spend against each cap")
-async def spend(caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]) -> SpendOut:
-    caps = await runtime.budget.status(caller.team_id)
-    return SpendOut(
-        caps=[
-            CapOut(
-                scope=c.scope,
-                period=c.period,
-                period_start=c.period_start,
-                cap_usd=c.cap_usd,
-                spent_usd=c.spent_usd,
-                reserved_usd=c.reserved_usd,
-                remaining_usd=max(c.cap_usd - c.spent_usd - c.reserved_usd, 0),
-                overrun_usd=c.overrun_usd,
-            )
-            for c in caps
-        ]
+def cap_out(cap: Cap) -> CapOut:
+    capped = cap.cap_usd < UNCAPPED
+    return CapOut(
+        scope=cap.scope,
+        period=cap.period,
+        period_start=cap.period_start,
+        cap_usd=cap.cap_usd if capped else None,
+        spent_usd=cap.spent_usd,
+        reserved_usd=cap.reserved_usd,
+        remaining_usd=max(cap.cap_usd - cap.spent_usd - cap.reserved_usd, 0) if capped else None,
+        overrun_usd=cap.overrun_usd,
     )
+
+
+@get("/v1/spend", summary="The caller's team: spend against each of its caps")
+async def spend(caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]) -> SpendOut:
+    return SpendOut(caps=[cap_out(c) for c in await runtime.budget.status(caller.team_id)])
