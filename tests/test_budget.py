@@ -15,7 +15,7 @@ from service.database import Database
 from service.errors import CostCapExceeded
 from service.keys import issue_key
 from service.settings import Settings
-from service.tables import Attempt, Request
+from service.tables import Attempt, Cap, Request
 from tests.harness import assert_ledger_invariants, caps, team_id_of
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -56,6 +56,10 @@ def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
     }
 
 
+async def global_caps(db: Database) -> list[Cap]:
+    return [c for c in await caps(db) if c.scope == "global"]
+
+
 @pytest.fixture
 async def team(db: Database) -> uuid.UUID:
     await issue_key(db, "budget-team")
@@ -78,11 +82,11 @@ async def test_worst_case_reservation_then_settle_at_actual(
     p = plan(team)
     reservation = await b.reserve(p, request_row(p, clock.now))
     assert reservation.amount == (Decimal(2000) * 1 + Decimal(64) * 5) / 1_000_000
-    held = await caps(db)
+    held = await global_caps(db)
     assert [c.reserved_usd for c in held] == [reservation.amount] * 2
     charged = await b.settle(reservation, Settlement("answered", TokenUsage(input=300, output=10)))
     assert charged == Decimal("0.00035")
-    assert [(c.spent_usd, c.reserved_usd) for c in await caps(db)] == [(Decimal("0.00035"), 0)] * 2
+    assert [(c.spent_usd, c.reserved_usd) for c in await global_caps(db)] == [(Decimal("0.00035"), 0)] * 2
     await assert_ledger_invariants(db, requests_finished=False)
 
 
@@ -93,7 +97,7 @@ async def test_unknown_outcome_is_charged_at_the_reservation(
     p = plan(team)
     reservation = await b.reserve(p, request_row(p, clock.now))
     assert await b.settle(reservation, Settlement("timeout", None)) == reservation.amount
-    assert [c.spent_usd for c in await caps(db)] == [reservation.amount] * 2
+    assert [c.spent_usd for c in await global_caps(db)] == [reservation.amount] * 2
 
 
 async def test_refusal_names_the_cap_and_holds_nothing(
@@ -107,7 +111,7 @@ async def test_refusal_names_the_cap_and_holds_nothing(
         await b.reserve(second, request_row(second, clock.now))
     assert refused.value.cap == "global_daily"
     assert refused.value.remaining_usd == Decimal("0.003") - Decimal("0.00232")
-    assert [c.reserved_usd for c in await caps(db)] == [Decimal("0.00232")] * 2, "the refusal reserved nothing"
+    assert [c.reserved_usd for c in await global_caps(db)] == [Decimal("0.00232")] * 2, "the refusal reserved nothing"
 
 
 async def test_charges_land_in_the_period_of_their_reservation(
@@ -121,7 +125,7 @@ async def test_charges_land_in_the_period_of_their_reservation(
     await b.settle(reservation, Settlement("answered", TokenUsage(input=100, output=5)))
     p2 = plan(team)
     await b.settle(await b.reserve(p2, request_row(p2, clock.now)), Settlement("answered", TokenUsage(input=100)))
-    spent = {(c.period, c.period_start.isoformat()): c.spent_usd for c in await caps(db)}
+    spent = {(c.period, c.period_start.isoformat()): c.spent_usd for c in await global_caps(db)}
     assert spent == {
         ("day", "2026-11-30"): Decimal("0.000125"),
         ("month", "2026-11-01"): Decimal("0.000125"),
@@ -152,7 +156,7 @@ async def test_sweeper_charges_orphans_at_worst_case_and_the_late_holder_does_no
     assert swept is not None and abandoned is not None
     assert (swept.outcome, swept.settled_by, swept.cost_usd) == ("unknown", "sweeper", orphan.amount)
     assert (abandoned.status, abandoned.error_type, abandoned.cost_usd) == ("failed", "abandoned", orphan.amount)
-    day = next(c for c in await caps(db) if c.period == "day")
+    day = next(c for c in await global_caps(db) if c.period == "day")
     assert day.spent_usd == orphan.amount + Decimal("0.000015")
     await assert_ledger_invariants(db, requests_finished=False)
 
@@ -166,7 +170,7 @@ async def test_a_cost_above_its_reservation_is_recorded_as_an_overrun(
     # An upstream that bills past the bound: the truth is kept, the period is closed.
     charged = await b.settle(reservation, Settlement("answered", TokenUsage(input=4000)))
     assert charged == Decimal("0.004")
-    day = next(c for c in await caps(db) if c.period == "day")
+    day = next(c for c in await global_caps(db) if c.period == "day")
     assert (day.spent_usd, day.reserved_usd, day.overrun_usd) == (Decimal("0.004"), 0, Decimal("0.001"))
     with pytest.raises(CostCapExceeded):
         await b.reserve(plan(team), None)
@@ -184,7 +188,7 @@ async def test_configured_global_caps_apply_at_start_but_never_below_what_is_com
     await b.settle(await b.reserve(p, request_row(p, clock.now)), Settlement("answered", None))  # 0.00232 spent
     lowered, _ = budget(CASCADE_DAILY_CAP_USD="0.001", CASCADE_MONTHLY_CAP_USD="5")
     await lowered.sync_global_caps(clock.now.date())
-    amounts = {c.period: c.cap_usd for c in await caps(db)}
+    amounts = {c.period: c.cap_usd for c in await global_caps(db)}
     assert amounts == {"day": Decimal("0.00232"), "month": Decimal("5")}
     with pytest.raises(CostCapExceeded):
         await lowered.reserve(plan(team), None)
@@ -202,7 +206,7 @@ async def test_a_repeated_settle_charges_once_and_still_finishes_the_request(
     first = await b.settle(reservation, result)
     again = await b.settle(reservation, result, finish={"status": "ok", "label": "a", "finished_at": clock.now})
     assert first == again == Decimal("0.00035")
-    assert [c.spent_usd for c in await caps(db)] == [Decimal("0.00035")] * 2
+    assert [c.spent_usd for c in await global_caps(db)] == [Decimal("0.00035")] * 2
     async with db.transaction() as session:
         request = await session.get(Request, p.request_id)
     assert request is not None
