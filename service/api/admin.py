@@ -13,6 +13,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from service.api.dependencies import presented_key
+from service.api.errors import documented
 from service.api.schemas import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut, KeyOut, TeamIn, TeamOut
 from service.api.spend import cap_out
 from service.budget import utcnow
@@ -35,6 +36,10 @@ async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     raise Forbidden("the admin API needs CASCADE_ADMIN_KEY" + ("" if admin else ", which is not configured"))
 
 
+_ADMIN = documented(401, 403, 503)
+_TEAM = documented(401, 403, 404, 503)
+
+
 def team_out(team: Team) -> TeamOut:
     return TeamOut(
         id=team.id,
@@ -49,23 +54,23 @@ def admin_cap_out(cap: Cap, team: str | None) -> AdminCapOut:
     return AdminCapOut(**cap_out(cap).model_dump(), team=team)
 
 
-@post("/teams", status_code=201, summary="Create a team")
+@post("/teams", status_code=201, summary="Create a team", responses=documented(400, 401, 403, 409, 422, 503))
 async def create_team(data: JSONBody[TeamIn], runtime: NamedDependency[Runtime]) -> TeamOut:
     return team_out(await runtime.teams.create(data.name, data.daily_usd, data.monthly_usd))
 
 
-@get("/teams", summary="List teams")
+@get("/teams", summary="List teams", responses=_ADMIN)
 async def list_teams(runtime: NamedDependency[Runtime]) -> list[TeamOut]:
     return [team_out(t) for t in await runtime.teams.list()]
 
 
-@post("/teams/{team:str}/keys", status_code=201, summary="Create a key for a team (shown once)")
+@post("/teams/{team:str}/keys", status_code=201, summary="Create a key for a team (shown once)", responses=_TEAM)
 async def create_key(team: FromPath[str], runtime: NamedDependency[Runtime]) -> IssuedKeyOut:
     issued = await runtime.teams.issue_key(team)
     return IssuedKeyOut(id=issued.id, team=issued.team, prefix=issued.prefix, key=issued.key)
 
 
-@get("/teams/{team:str}/keys", summary="List a team's keys (prefix and dates only)")
+@get("/teams/{team:str}/keys", summary="List a team's keys (prefix and dates only)", responses=_TEAM)
 async def list_keys(team: FromPath[str], runtime: NamedDependency[Runtime]) -> list[KeyOut]:
     return [
         KeyOut(id=k.id, prefix=k.prefix, created_at=k.created_at, revoked_at=k.revoked_at)
@@ -73,17 +78,21 @@ async def list_keys(team: FromPath[str], runtime: NamedDependency[Runtime]) -> l
     ]
 
 
-@delete("/teams/{team:str}/keys/{key_id:uuid}", status_code=204, summary="Revoke a key at once")
+@delete("/teams/{team:str}/keys/{key_id:uuid}", status_code=204, summary="Revoke a key at once", responses=_TEAM)
 async def revoke_key(team: FromPath[str], key_id: FromPath[uuid.UUID], runtime: NamedDependency[Runtime]) -> None:
     await runtime.teams.revoke_key(team, key_id)
 
 
-@put("/teams/{team:str}/caps", summary="Set a team's daily and monthly caps")
+@put(
+    "/teams/{team:str}/caps",
+    summary="Set a team's daily and monthly caps",
+    responses=documented(400, 401, 403, 404, 422, 503),
+)
 async def set_caps(team: FromPath[str], data: JSONBody[CapsIn], runtime: NamedDependency[Runtime]) -> TeamOut:
     return team_out(await runtime.teams.set_caps(team, data.daily_usd, data.monthly_usd, utcnow().date()))
 
 
-@get("/spend", summary="Every cap row of the current periods")
+@get("/spend", summary="Every cap row of the current periods", responses=_ADMIN)
 async def all_spend(runtime: NamedDependency[Runtime]) -> AdminSpendOut:
     return AdminSpendOut(caps=[admin_cap_out(c, name) for c, name in await runtime.teams.current_caps(utcnow().date())])
 

@@ -9,11 +9,10 @@ from typing import Any
 
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 
-from service.api.errors import error_details
-from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, ErrorOut, Tokens
+from service.api.errors import documented, error_details
+from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, Tokens
 from service.cascade import AttemptRecord, Classification, ClassifyCommand
 from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
 from service.idempotency import body_hash
@@ -22,18 +21,7 @@ from service.prompt import Task
 from service.runtime import Runtime
 from service.settings import Settings
 
-_RESPONSES = {
-    code: ResponseSpec(data_container=ErrorOut, description=description)
-    for code, description in {
-        401: "Missing, invalid or revoked API key",
-        402: "A cost cap would be exceeded; no upstream call was made",
-        413: "Request body too large",
-        422: "Invalid input; `error.field` names the field",
-        502: "Anthropic rejected the request or gave no usable answer",
-        503: "Anthropic or the database is unavailable; retry after `Retry-After`",
-        504: "The request deadline passed",
-    }.items()
-}
+_RESPONSES = documented(400, 401, 402, 409, 413, 422, 429, 502, 503, 504)
 
 
 def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings: Settings) -> ClassifyCommand:

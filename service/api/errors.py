@@ -9,8 +9,10 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from service.api.schemas import ErrorOut
 from service.errors import CascadeError, CostCapExceeded, InvalidInput, Replayed
 
 logger = logging.getLogger(__name__)
@@ -98,3 +100,24 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: http_error,
     Exception: unexpected_error,
 }
+
+
+_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "Missing, invalid or revoked key",
+    402: "A cost cap would be exceeded; no upstream call was made",
+    403: "The admin API needs CASCADE_ADMIN_KEY",
+    404: "Not found (or another team's)",
+    409: "Conflict: an Idempotency-Key still in flight, or a name already taken",
+    413: "Request body too large",
+    422: "Invalid input; `error.field` names the field",
+    429: "The team's request rate; retry after `Retry-After`",
+    502: "Anthropic rejected the request or gave no usable answer",
+    503: "Anthropic or the database is unavailable; retry after `Retry-After`",
+    504: "The request deadline passed",
+}
+
+
+def documented(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error responses a route can give, all in the one error shape."""
+    return {code: ResponseSpec(data_container=ErrorOut, description=_DESCRIPTIONS[code]) for code in codes}

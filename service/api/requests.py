@@ -8,6 +8,7 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from service.api.errors import documented
 from service.api.schemas import AuditAttemptOut, PriceOut, RequestAuditOut, Tokens
 from service.audit import request_audit
 from service.keys import Caller
@@ -51,7 +52,7 @@ def audit_attempt_out(a: Attempt) -> AuditAttemptOut:
     )
 
 
-@get("/v1/requests/{request_id:uuid}", summary="Audit one request")
+@get("/v1/requests/{request_id:uuid}", summary="Audit one request", responses=documented(401, 404, 503))
 async def get_request(
     request_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
 ) -> RequestAuditOut:

@@ -13,7 +13,8 @@ MoneyStr = Annotated[
     Decimal,
     PlainSerializer(lambda d: format(d.normalize(), "f") if d else "0", return_type=str, when_used="json"),
 ]
-Confidence = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+# Confidence and thresholds are probabilities, not money: JSON numbers on the wire.
+Confidence = float
 
 
 class ClassifyIn(BaseModel):

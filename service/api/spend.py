@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import get
 from litestar.di import NamedDependency
 
+from service.api.errors import documented
 from service.api.schemas import CapOut, SpendOut
 from service.caps import UNCAPPED
 from service.keys import Caller
@@ -26,6 +27,6 @@ def cap_out(cap: Cap) -> CapOut:
     )
 
 
-@get("/v1/spend", summary="The caller's team: spend against each of its caps")
+@get("/v1/spend", summary="The caller's team: spend against each of its caps", responses=documented(401, 503))
 async def spend(caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]) -> SpendOut:
     return SpendOut(caps=[cap_out(c) for c in await runtime.budget.status(caller.team_id)])
