@@ -197,6 +197,7 @@ async def settle_down(fleet: Fleet) -> None:
 
 async def check(fleet: Fleet, outcome: Outcome, *, allow_missing_calls: bool = False) -> Counter[int]:
     statuses = Counter(status for _, status, _ in outcome.responses)
+    print(f"statuses: {dict(statuses)}, transport errors: {outcome.transport_errors}")
     assert outcome.cap_samples > 100
     assert outcome.cap_violations == [], outcome.cap_violations[:5]
     assert set(statuses) <= {200, 402, 502, 503, 504}, statuses
