@@ -20,7 +20,7 @@ from service.embedded import asyncpg_url, start_embedded
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import table_names
-from tests.harness import Service, running_service
+from tests.harness import ADMIN_KEY, Service, running_service
 
 
 @pytest.fixture(scope="session")
@@ -107,4 +107,13 @@ async def service(
 ) -> AsyncIterator[Service]:
     """The service with default settings, a team and its key."""
     async with running_service(make_settings(), database_url, db, sim) as running:
+        yield running
+
+
+@pytest.fixture
+async def admin_service(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> AsyncIterator[Service]:
+    """The service with CASCADE_ADMIN_KEY set (tests.harness.ADMIN is its header)."""
+    async with running_service(make_settings(CASCADE_ADMIN_KEY=ADMIN_KEY), database_url, db, sim) as running:
         yield running

@@ -21,6 +21,26 @@ from service.simulator import Simulator
 from service.tables import Attempt, Cap, Request, Team
 
 SENTIMENT = ["positive", "negative", "neutral"]
+ADMIN_KEY = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
+    """The one error shape: {"error": {"type", "message", ...}, "request_id"}, echoed in x-request-id."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "request_id"}, body
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert isinstance(error.get("type"), str) and error["type"]
+    assert isinstance(error.get("message"), str) and error["message"]
+    if type_ is not None:
+        assert error["type"] == type_, body
+    uuid.UUID(body["request_id"])
+    if "idempotent-replayed" not in response.headers:  # a replay carries the first request's id in its body
+        assert response.headers.get("x-request-id") == body["request_id"]
+    return body
 
 
 @dataclass

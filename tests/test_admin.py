@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -16,36 +16,21 @@ from sqlalchemy import select
 
 from service.budget import utcnow
 from service.database import Database
-from service.settings import Settings
-from service.simulator import Simulator
 from service.tables import Attempt, Request
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants, caps, running_service
-
-ADMIN_KEY = "admin-secret"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+from tests.harness import (
+    ADMIN,
+    ADMIN_KEY,
+    SENTIMENT,
+    Service,
+    assert_error,
+    assert_ledger_invariants,
+    caps,
+)
 
 
 def ticket(n: int) -> str:
     """A text the cheap model answers confidently (no escalation); every n has the same length, so the same bound."""
     return f"{{{{sim:cheap=label=positive+conf=0.95}}}} Ticket {n:04d}: the blender arrived and works fine."
-
-
-def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "request_id"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    if type_ is not None:
-        assert body["error"]["type"] == type_, body
-    return body
-
-
-@pytest.fixture
-async def admin_service(
-    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
-) -> AsyncIterator[Service]:
-    async with running_service(make_settings(CASCADE_ADMIN_KEY=ADMIN_KEY), database_url, db, sim) as running:
-        yield running
 
 
 async def create_team(svc: Service, name: str, **caps_usd: str | None) -> dict[str, Any]:

@@ -18,19 +18,10 @@ from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import Attempt, IdempotencyKey, Request
 from service.teams import Teams
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
+from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
 
 CONFIDENT = "{{sim:cheap=conf=0.95}} The blender arrived on time and works fine."
 SLOW = "{{sim:cheap=slow:1.5+conf=0.95}} The kettle arrived on time and works fine."
-
-
-def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "request_id"}, body
-    if type_ is not None:
-        assert body["error"]["type"] == type_, body
-    return body
 
 
 async def post(

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from service.database import Database
-from service.settings import Settings
-from service.simulator import Simulator
 from service.tables import Attempt, Team
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
-
-ADMIN = {"Authorization": "Bearer admin-secret"}
+from tests.harness import ADMIN, SENTIMENT, Service, assert_error, assert_ledger_invariants
 
 TEAMS: dict[str, dict[str, Any]] = {
     "team-a": {
@@ -40,23 +34,6 @@ TEAMS: dict[str, dict[str, Any]] = {
         "caps": None,
     },
 }
-
-
-def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "request_id"}, body
-    if type_ is not None:
-        assert body["error"]["type"] == type_, body
-    return body
-
-
-@pytest.fixture
-async def admin_service(
-    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
-) -> AsyncIterator[Service]:
-    async with running_service(make_settings(CASCADE_ADMIN_KEY="admin-secret"), database_url, db, sim) as svc:
-        yield svc
 
 
 async def populate(svc: Service) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -14,23 +13,13 @@ from service.database import Database
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import Attempt, IdempotencyKey, Request
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
+from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
 
 TEXT = "{{sim:cheap=conf=0.95}} The blender arrived on time and works fine."
 
 
 def text(n: int) -> str:
     return f"{{{{sim:cheap=conf=0.95}}}} Order {n}: the blender arrived on time and works fine."
-
-
-def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "request_id"}, body
-    if type_ is not None:
-        assert body["error"]["type"] == type_, body
-    assert response.headers["x-request-id"] == body["request_id"]
-    return body
 
 
 async def rows(db: Database) -> tuple[int, int]:
