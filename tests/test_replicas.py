@@ -228,8 +228,13 @@ async def check(fleet: Fleet, outcome: Outcome, *, allow_missing_calls: bool = F
     unread = [a for a in attempts if a.upstream_request_id is None and a.cost_usd == a.reserved_usd]
     unmatched = [c for c in calls if c.request_id and c.status and c.request_id not in known]
     assert len(unmatched) <= len(unread), (len(unmatched), len(unread))
+    assert len(attempts) >= len(calls), "every upstream call has its ledger row"
     if allow_missing_calls:
-        assert len(attempts) >= len(calls)  # the killed replica may have reserved without calling
+        # A reservation whose holder died before calling (a killed replica), or whose commit went through
+        # while its acknowledgement was lost (PostgreSQL stopped at that instant), has no call: the sweeper
+        # charged it at its worst case, as it must, since it cannot know that no call was made.
+        swept = [a for a in attempts if a.settled_by == "sweeper"]
+        assert len(attempts) - len(calls) <= len(swept)
     else:
         assert len(attempts) == len(calls), "every upstream call has exactly one ledger row, and no other"
     for team in TEAMS:
@@ -265,7 +270,7 @@ async def test_replicas_recover_from_postgres_restarts(fleet: Fleet) -> None:
     outcome = Outcome()
     chaos = asyncio.create_task(restart_postgres_three_times())
     await load(fleet, outcome, chaos)
-    statuses = await check(fleet, outcome)
+    statuses = await check(fleet, outcome, allow_missing_calls=True)
     assert statuses[503] > 0, "requests during the outages are refused"
     unavailable = [p for _, s, p in outcome.responses if s == 503 and p]
     assert any(p["error"]["type"] == "database_unavailable" for p in unavailable)  # type: ignore[index]
