@@ -37,6 +37,10 @@ class AttemptPlan:
     input_token_bound: int
     max_tokens: int
     team_caps: TeamCaps = field(default_factory=TeamCaps)
+    # The model the all-strong counterfactual prices a cheap-stage attempt at; None for the strong stage.
+    strong_model: str | None = None
+    request_created_at: datetime | None = None  # None: the reservation's own time
+    task_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Reservation:
     amount: Decimal
     reserved_at: datetime
     input_token_bound: int
+    strong_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,12 +118,16 @@ class Budget:
         day = at.date()
         price = self.catalog.price(plan.model, at, plan.input_token_bound)
         amount = price.worst_case(plan.input_token_bound, plan.max_tokens)
+        strong_equiv = None
+        if plan.strong_model is not None:
+            strong_price = self.catalog.price(plan.strong_model, at, plan.input_token_bound)
+            strong_equiv = strong_price.worst_case(plan.input_token_bound, plan.max_tokens)
         applicable = self._applicable(day, plan)
         try:
-            return await self._reserve(plan, new_request, applicable, price, amount, at)
+            return await self._reserve(plan, new_request, applicable, price, amount, strong_equiv, at)
         except _StaleCapRows:
             self._cap_ids.clear()  # a cached row is gone (never in production: rows are not deleted)
-            return await self._reserve(plan, new_request, applicable, price, amount, at)
+            return await self._reserve(plan, new_request, applicable, price, amount, strong_equiv, at)
 
     async def _reserve(
         self,
@@ -127,6 +136,7 @@ class Budget:
         applicable: list[tuple[CapKey, Decimal]],
         price: PriceRow,
         amount: Decimal,
+        strong_equiv: Decimal | None,
         at: datetime,
     ) -> Reservation:
         day = at.date()
@@ -146,6 +156,8 @@ class Budget:
                 {
                     "request_id": plan.request_id,
                     "team_id": plan.team_id,
+                    "request_created_at": plan.request_created_at or at,
+                    "task_hash": plan.task_hash,
                     "attempt_no": plan.attempt_no,
                     "stage": plan.stage,
                     "model": plan.model,
@@ -156,10 +168,13 @@ class Budget:
                     "input_token_bound": plan.input_token_bound,
                     "max_tokens": plan.max_tokens,
                     "reserved_at": at,
+                    "strong_equiv_usd": strong_equiv,
                     **_price_columns(price),
                 }
             )
-        return Reservation(attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound)
+        return Reservation(
+            attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound, plan.strong_model
+        )
 
     async def _cap_id(self, caps: CapRepository, key: CapKey, amount: Decimal) -> int:
         cached = self._cap_ids.get(key)
@@ -207,6 +222,11 @@ class Budget:
                     reservation.input_token_bound,
                 )
             price_cols = _price_columns(price)
+            if reservation.strong_model is not None:
+                strong_price = self.catalog.price(
+                    reservation.strong_model, reservation.reserved_at, result.usage.prompt_tokens
+                )
+                price_cols["strong_equiv_usd"] = strong_price.cost(result.usage)
             tokens = {
                 "input_tokens": result.usage.input,
                 "cache_write_5m_tokens": result.usage.cache_write_5m,
@@ -243,7 +263,7 @@ class Budget:
                     logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
             else:
                 await CapRepository(session).settle(held.cap_ids, held.reserved_usd, cost)
-                await ledger.add_request_cost(held.request_id, cost)
+                await ledger.add_request_cost(held.request_id, cost, held.strong_equiv_usd)
             if finish is not None:
                 await ledger.finish_request(reservation.request_id, finish)
         return cost
@@ -284,7 +304,7 @@ class Budget:
                     },
                 )
                 await CapRepository(session).settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
-                await ledger.add_request_cost(held.request_id, held.reserved_usd)
+                await ledger.add_request_cost(held.request_id, held.reserved_usd, held.strong_equiv_usd)
             swept += 1
         async with self.db.transaction() as session:
             await LedgerRepository(session).abandon_stale_requests(cutoff, now)

@@ -168,6 +168,9 @@ class Cascade:
             input_token_bound=request.input_token_bound,
             max_tokens=request.max_tokens,
             team_caps=run.cmd.team_caps,
+            strong_model=self.strong.id if stage == "cheap" else None,
+            request_created_at=run.created_at,
+            task_hash=run.cmd.task.hash,
         )
         reservation = await self.budget.reserve(plan, None if run.request_written else self._request_row(run))
         run.request_written = True
@@ -206,10 +209,13 @@ class Cascade:
             latency_ms=reply.latency_ms,
             error_message=verdict.detail if isinstance(verdict, Defect) else None,
         )
-        # An answer that ends the request is recorded in the same transaction as its charge.
+        # An answer that ends the request is recorded in the same transaction as its charge, and so is the
+        # cheap model's answer, which the reports compare with the strong model's.
         ends_request = answered and (stage == "strong" or reason is None)
-        finish = self._finish_row(run, verdict, request.model) if ends_request else None
-        await self._settle(run, plan, reservation, result, finish)
+        finish = self._finish_row(run, verdict, request.model) if ends_request else {}
+        if stage == "cheap" and isinstance(verdict, Answer):
+            finish |= {"cheap_label": verdict.label, "cheap_confidence": verdict.confidence}
+        await self._settle(run, plan, reservation, result, finish or None)
         return verdict
 
     def _finish_row(self, run: _Run, verdict: Answer | Defect, model: str) -> dict[str, Any]:
@@ -287,6 +293,9 @@ class Cascade:
             "status": "refused" if isinstance(exc, CostCapExceeded) and not run.attempts else "failed",
             "error_type": exc.type,
             "error_message": exc.message[:2000],
+            # A request that escalated and then failed still counts as escalated in the reports.
+            "escalated": run.escalation_reason is not None,
+            "escalation_reason": run.escalation_reason,
             "latency_ms": run.elapsed_ms(),
             "finished_at": self.budget.clock(),
         }

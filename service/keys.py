@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.caps import TeamCaps
 from service.database import Database
+from service.errors import Forbidden, NotFound, Unauthorized
 from service.tables import ApiKey, Team
 
 KEY_PREFIX = "csk_"
@@ -31,6 +33,30 @@ class Caller:
     team_id: uuid.UUID
     team_name: str
     caps: TeamCaps = field(default_factory=TeamCaps)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose rows a reader sees: one team's, or every team's (`team_id` None; the admin only)."""
+
+    team_id: uuid.UUID | None
+    team_name: str | None = None
+    admin: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.admin
+
+    def sql(self, column: str = "team_id") -> str:
+        """A fixed SQL fragment; the team id itself is always a bound parameter."""
+        return "" if self.team_id is None else f" AND {column} = :team_id"
+
+    def params(self) -> dict[str, uuid.UUID]:
+        return {} if self.team_id is None else {"team_id": self.team_id}
+
+
+def is_admin_key(key: str, admin_key: str | None) -> bool:
+    return admin_key is not None and hmac.compare_digest(key.encode(), admin_key.encode())
 
 
 class KeyRepository:
@@ -58,6 +84,9 @@ class KeyRepository:
             return None
         return Caller(row.id, row.name, TeamCaps(row.daily_cap_usd, row.monthly_cap_usd))
 
+    async def team_id(self, name: str) -> uuid.UUID | None:
+        return await self.session.scalar(select(Team.id).where(Team.name == name))
+
 
 async def issue_key(db: Database, team: str) -> str:
     """Create the team if needed and a new key for it; the key is returned once and never stored."""
@@ -71,3 +100,21 @@ async def issue_key(db: Database, team: str) -> str:
 async def authenticate(db: Database, key: str) -> Caller | None:
     async with db.transaction() as session:
         return await KeyRepository(session).caller(key)
+
+
+async def reader_scope(db: Database, key: str, admin_key: str | None, team: str | None = None) -> Scope:
+    """What a key may read: the admin key sees every team (or the one named), a team key its own."""
+    if is_admin_key(key, admin_key):
+        if team is None:
+            return Scope(None, admin=True)
+        async with db.transaction() as session:
+            team_id = await KeyRepository(session).team_id(team)
+        if team_id is None:
+            raise NotFound(f"no team named {team!r}")
+        return Scope(team_id, team, admin=True)
+    caller = await authenticate(db, key)
+    if caller is None:
+        raise Unauthorized("invalid or revoked API key")
+    if team is not None and team != caller.team_name:
+        raise Forbidden("a team key reads only its own team's rows")
+    return Scope(caller.team_id, caller.team_name)

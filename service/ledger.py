@@ -22,6 +22,7 @@ class HeldReservation:
     request_id: uuid.UUID
     cap_ids: list[int]
     reserved_usd: Decimal
+    strong_equiv_usd: Decimal | None = None
 
 
 class LedgerRepository:
@@ -43,12 +44,12 @@ class LedgerRepository:
                 update(Attempt)
                 .where(Attempt.id == attempt_id, Attempt.state == "reserved")
                 .values(state="settled", **values)
-                .returning(Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd)
+                .returning(Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd, Attempt.strong_equiv_usd)
             )
         ).one_or_none()
         if row is None:
             return None
-        return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd)
+        return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd, row.strong_equiv_usd)
 
     async def settlement_of(self, attempt_id: int) -> tuple[str | None, Decimal]:
         row = (
@@ -56,9 +57,14 @@ class LedgerRepository:
         ).one()
         return row.settled_by, row.cost_usd if row.cost_usd is not None else Decimal(0)
 
-    async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal) -> None:
+    async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal, strong_equiv: Decimal | None) -> None:
         await self.session.execute(
-            update(Request).where(Request.id == request_id).values(cost_usd=Request.cost_usd + cost)
+            update(Request)
+            .where(Request.id == request_id)
+            .values(
+                cost_usd=Request.cost_usd + cost,
+                all_strong_cost_usd=Request.all_strong_cost_usd + (strong_equiv or Decimal(0)),
+            )
         )
 
     async def finish_request(self, request_id: uuid.UUID, values: dict[str, Any]) -> None:
@@ -67,13 +73,13 @@ class LedgerRepository:
     async def stale_reservations(self, cutoff: datetime, limit: int) -> list[HeldReservation]:
         """Reservations older than `cutoff`, locked; rows another sweeper holds are skipped."""
         rows = await self.session.execute(
-            select(Attempt.id, Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd)
+            select(Attempt.id, Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd, Attempt.strong_equiv_usd)
             .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff)
             .order_by(Attempt.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd) for r in rows]
+        return [HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd, r.strong_equiv_usd) for r in rows]
 
     async def abandon_stale_requests(self, cutoff: datetime, now: datetime) -> int:
         """Requests whose holder died: mark them failed once none of their attempts is still held."""
@@ -90,8 +96,12 @@ class LedgerRepository:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    async def get_request(self, request_id: uuid.UUID, team_id: uuid.UUID) -> Request | None:
-        return await self.session.scalar(select(Request).where(Request.id == request_id, Request.team_id == team_id))
+    async def get_request(self, request_id: uuid.UUID, team_id: uuid.UUID | None) -> Request | None:
+        """The request, if it is `team_id`'s (any team's when None)."""
+        query = select(Request).where(Request.id == request_id)
+        if team_id is not None:
+            query = query.where(Request.team_id == team_id)
+        return await self.session.scalar(query)
 
     async def attempts_of(self, request_id: uuid.UUID) -> Sequence[Attempt]:
         return (

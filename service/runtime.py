@@ -16,6 +16,7 @@ from service.database import Database
 from service.errors import ConfigurationError, DatabaseUnavailable
 from service.idempotency import Idempotency
 from service.ratelimit import RateLimiter
+from service.reports import Reports
 from service.settings import Settings
 from service.teams import Teams
 from service.upstream import Upstream
@@ -33,6 +34,7 @@ class Runtime:
     teams: Teams
     idempotency: Idempotency
     limiter: RateLimiter
+    reports: Reports
 
     @staticmethod
     def check(settings: Settings, *, warn: bool = True) -> str:
@@ -66,6 +68,7 @@ class Runtime:
             teams=Teams(db),
             idempotency=Idempotency(db, budget.clock, settings.reservation_ttl_s),
             limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
+            reports=Reports(db, catalog, settings.cheap_model, settings.strong_model),
         )
 
     async def start(self) -> None:

@@ -119,6 +119,7 @@ class Request(Base):
     __tablename__ = "requests"
     __table_args__ = (
         Index("ix_requests_team_created", "team_id", "created_at"),
+        Index("ix_requests_created", "created_at"),
         CheckConstraint("status IN ('pending', 'ok', 'failed', 'refused')", name="status_known"),
     )
 
@@ -137,7 +138,12 @@ class Request(Base):
     model: Mapped[str | None] = mapped_column(String(64))
     escalated: Mapped[bool] = mapped_column(Boolean, server_default="false")
     escalation_reason: Mapped[str | None] = mapped_column(String(32))
+    # The cheap model's answer, kept when the strong model replaced it, so reports can say what changed.
+    cheap_label: Mapped[str | None] = mapped_column(Text)
+    cheap_confidence: Mapped[Decimal | None] = mapped_column(Numeric(9, 6))
     cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    # What the request's cheap-stage calls would have cost at the strong model's prices (see Attempt).
+    all_strong_cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
     error_type: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
@@ -158,6 +164,8 @@ class Attempt(Base):
         UniqueConstraint("request_id", "attempt_no", name="uq_attempts_request_attempt"),
         Index("ix_attempts_billing_day_team", "billing_day", "team_id"),
         Index("ix_attempts_reserved", "reserved_at", postgresql_where="state = 'reserved'"),
+        Index("ix_attempts_request_created", "request_created_at"),
+        Index("ix_attempts_team_request_created", "team_id", "request_created_at"),
         CheckConstraint("state IN ('reserved', 'settled')", name="state_known"),
         CheckConstraint("stage IN ('cheap', 'strong')", name="stage_known"),
         CheckConstraint("state = 'reserved' OR cost_usd IS NOT NULL", name="settled_has_cost"),
@@ -167,6 +175,9 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="RESTRICT"))
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    # Copied from the request so that reports read the ledger alone: an attempt counts in its request's period.
+    request_created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    task_hash: Mapped[str] = mapped_column(String(64))
     attempt_no: Mapped[int] = mapped_column(Integer)
     stage: Mapped[str] = mapped_column(String(8))
     model: Mapped[str] = mapped_column(String(64))
@@ -195,6 +206,9 @@ class Attempt(Base):
     cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    # Cheap stage only: the same tokens at the request's strong model's price of the day (the reservation's
+    # worst case at those prices while the outcome is unknown). The all-strong counterfactual sums it.
+    strong_equiv_usd: Mapped[Decimal | None] = mapped_column(Money)
     upstream_request_id: Mapped[str | None] = mapped_column(String(128))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from typing import Any
 
@@ -18,7 +17,7 @@ from service.api.schemas import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut
 from service.api.spend import cap_out
 from service.budget import utcnow
 from service.errors import Forbidden, Unauthorized
-from service.keys import authenticate
+from service.keys import authenticate, is_admin_key
 from service.runtime import Runtime
 from service.tables import Cap, Team
 
@@ -29,7 +28,7 @@ async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     if key is None:
         raise Unauthorized("missing admin key: send `Authorization: Bearer <CASCADE_ADMIN_KEY>`")
     admin = runtime.settings.admin_key
-    if admin is not None and hmac.compare_digest(key.encode(), admin.get_secret_value().encode()):
+    if is_admin_key(key, admin.get_secret_value() if admin else None):
         return
     if admin is not None and await authenticate(runtime.db, key) is None:
         raise Unauthorized("invalid admin key")

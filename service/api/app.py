@@ -9,8 +9,8 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from service.api import admin, classify, health, requests, spend
-from service.api.dependencies import provide_caller, provide_request_id, provide_runtime
+from service.api import admin, classify, health, reports, requests, spend
+from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
 from service.runtime import Runtime
@@ -38,6 +38,9 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
         route_handlers=[
             classify.classify,
             requests.get_request,
+            reports.escalations,
+            reports.costs,
+            reports.list_,
             spend.spend,
             health.live,
             health.ready,
@@ -46,6 +49,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
             "caller": Provide(provide_caller),
+            "reader": Provide(provide_reader),
             "call_id": Provide(provide_request_id, sync_to_thread=False),
         },
         lifespan=[lifespan],

@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service.errors import Unauthorized
-from service.keys import Caller, authenticate
+from service.keys import Caller, Scope, authenticate, reader_scope
 from service.runtime import Runtime
 
 
@@ -41,3 +41,13 @@ async def provide_caller(request: Request[Any, Any, Any], runtime: NamedDependen
     if caller is None:
         raise Unauthorized("invalid or revoked API key")
     return caller
+
+
+async def provide_reader(request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Scope:
+    """Whose rows the caller may read; the admin key may narrow to one team with `?team=`."""
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+    admin = runtime.settings.admin_key
+    team = request.query_params.get("team")
+    return await reader_scope(runtime.db, key, admin.get_secret_value() if admin else None, team)

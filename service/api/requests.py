@@ -11,7 +11,7 @@ from litestar.params import FromPath
 from service.api.errors import documented
 from service.api.schemas import AuditAttemptOut, PriceOut, RequestAuditOut, Tokens
 from service.audit import request_audit
-from service.keys import Caller
+from service.keys import Scope
 from service.runtime import Runtime
 from service.tables import Attempt
 
@@ -54,9 +54,9 @@ def audit_attempt_out(a: Attempt) -> AuditAttemptOut:
 
 @get("/v1/requests/{request_id:uuid}", summary="Audit one request", responses=documented(401, 404, 503))
 async def get_request(
-    request_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
+    request_id: FromPath[uuid.UUID], reader: NamedDependency[Scope], runtime: NamedDependency[Runtime]
 ) -> RequestAuditOut:
-    request, attempts = await request_audit(runtime.db, caller.team_id, request_id)
+    request, attempts = await request_audit(runtime.db, reader, request_id)
     return RequestAuditOut(
         id=request.id,
         status=request.status,

@@ -1,0 +1,474 @@
+"""Escalation and cost reports, straight from the ledger, scoped to one team or (for the admin) all teams.
+
+Every figure is an exact aggregate of rows: counts are integers, money is NUMERIC summed in PostgreSQL,
+percentiles are nearest-rank (`percentile_disc`), and ratios are quantized to fixed places. A request
+and all of its attempts count in the period of the request's `created_at` (UTC).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
+
+from sqlalchemy import text
+
+from service.catalog import Catalog, TokenUsage
+from service.database import Database
+from service.errors import InvalidInput
+from service.keys import Scope
+from service.policy import EscalationReason
+
+RATE_PLACES = Decimal("0.000001")
+PCT_PLACES = Decimal("0.01")
+MONEY_PLACES = Decimal("0.0000000001")
+TOKEN_KINDS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
+MAX_SPAN = timedelta(days=400)
+MAX_HOURLY_SPAN = timedelta(days=31)
+MAX_CATEGORIES = 200
+# The token mix used for the break-even rate when the window has no cheap-stage tokens.
+NOMINAL_MIX = TokenUsage(input=1000, output=50)
+
+EscalationGrouping = Literal["hour", "day", "task", "model", "label", "team"]
+CostGrouping = Literal["day", "model", "task", "team"]
+ESCALATION_GROUPINGS: tuple[str, ...] = ("hour", "day", "task", "model", "label", "team")
+COST_GROUPINGS: tuple[str, ...] = ("day", "model", "task", "team")
+
+
+def ratio(part: int | Decimal, whole: int | Decimal, places: Decimal = RATE_PLACES) -> Decimal | None:
+    if not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(places, ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open UTC interval [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None, now: datetime, default_days: int = 7) -> Window:
+        end_at = parse_instant(end, "end") if end else now
+        start_at = parse_instant(start, "start") if start else end_at - timedelta(days=default_days)
+        if start_at >= end_at:
+            raise InvalidInput("`start` must be before `end`", field="start")
+        if end_at - start_at > MAX_SPAN:
+            raise InvalidInput(f"a window may span at most {MAX_SPAN.days} days", field="start")
+        return cls(start_at, end_at)
+
+    def params(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end}
+
+
+def parse_instant(value: str, name: str) -> datetime:
+    """An ISO 8601 date or date-time; a date means its midnight, and a time without an offset is UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"`{name}` is not an ISO 8601 date or date-time: {value!r}", field=name) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """`7d`, `24h` or `30m` before now, or an ISO 8601 instant."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if value[:-1].isdigit() and value[-1:] in units:
+        return now - timedelta(**{units[value[-1]]: int(value[:-1])})
+    return parse_instant(value, "since")
+
+
+def _bucket_sql(group_by: str, created: str) -> str:
+    return {
+        "hour": f"date_trunc('hour', {created} AT TIME ZONE 'UTC')",
+        "day": f"({created} AT TIME ZONE 'UTC')::date",
+        "task": "task_hash",
+        "model": "cheap_model",
+        "label": "label",
+        "team": "team_id",
+    }[group_by]
+
+
+def _time_keys(group_by: str, window: Window) -> list[Any]:
+    """Every hour or day bucket the window touches, so a chart shows quiet periods as zero."""
+    if group_by == "day":
+        day, last = window.start.date(), (window.end - timedelta(microseconds=1)).date()
+        return [day + timedelta(days=i) for i in range((last - day).days + 1)]
+    hour = window.start.replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    keys = []
+    while hour < window.end.replace(tzinfo=None):
+        keys.append(hour)
+        hour += timedelta(hours=1)
+    return keys
+
+
+def _key_out(group_by: str, key: Any, teams: dict[uuid.UUID, str]) -> str | None:
+    if key is None:
+        return None
+    if group_by == "hour":
+        return f"{key.isoformat()}Z"
+    if group_by == "day":
+        return str(key.isoformat())
+    if group_by == "team":
+        return teams.get(key, str(key))
+    return str(key)
+
+
+@dataclass
+class EscalationBucket:
+    key: str | None
+    requests: int = 0
+    answered: int = 0
+    failed: int = 0
+    refused: int = 0
+    decided: int = 0
+    escalated: int = 0
+    escalation_rate: Decimal | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+    cheap_answers: int = 0
+    cheap_mean_confidence: Decimal | None = None
+    compared: int = 0
+    changed: int = 0
+    changed_share: Decimal | None = None
+    task: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EscalationReport:
+    start: datetime
+    end: datetime
+    group_by: str
+    team: str | None
+    buckets: list[EscalationBucket]
+    totals: EscalationBucket
+    truncated: bool
+
+
+@dataclass
+class ModelCost:
+    model: str
+    attempts: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
+    cost_usd: Decimal = Decimal(0)
+
+
+@dataclass
+class CostBucket:
+    key: str | None
+    requests: int = 0
+    cost_usd: Decimal = Decimal(0)
+    cost_mean_usd: Decimal | None = None
+    cost_p50_usd: Decimal | None = None
+    cost_p95_usd: Decimal | None = None
+    all_strong_cost_usd: Decimal | None = None
+    savings_usd: Decimal | None = None
+    savings_pct: Decimal | None = None
+    models: list[ModelCost] = field(default_factory=list)
+    task: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    cheap_model: str
+    strong_model: str
+    rate: Decimal
+    basis: Literal["observed", "nominal"]
+    observed_rate: Decimal | None
+
+
+@dataclass(frozen=True)
+class CostReport:
+    start: datetime
+    end: datetime
+    group_by: str
+    team: str | None
+    buckets: list[CostBucket]
+    totals: CostBucket
+    break_even: BreakEven
+    warnings: list[str]
+    truncated: bool
+
+
+_REASONS = [str(r) for r in EscalationReason]
+
+
+def _escalation_sql(group_by: str, scope: Scope) -> str:
+    reasons = ",\n".join(
+        f"count(*) FILTER (WHERE escalated AND escalation_reason = '{r}') AS reason_{r}" for r in _REASONS
+    )
+    return f"""
+        SELECT b, grouping(b) = 1 AS is_total,
+            count(*) AS requests,
+            count(*) FILTER (WHERE status = 'ok') AS answered,
+            count(*) FILTER (WHERE status = 'failed') AS failed,
+            count(*) FILTER (WHERE status = 'refused') AS refused,
+            count(*) FILTER (WHERE escalated OR status = 'ok') AS decided,
+            count(*) FILTER (WHERE escalated) AS escalated,
+            {reasons},
+            count(cheap_confidence) AS cheap_answers,
+            sum(cheap_confidence) AS cheap_confidence_sum,
+            count(*) FILTER (WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL) AS compared,
+            count(*) FILTER (
+                WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL AND label <> cheap_label
+            ) AS changed
+        FROM (
+            SELECT {_bucket_sql(group_by, "created_at")} AS b, status, escalated, escalation_reason,
+                cheap_confidence, cheap_label, label
+            FROM requests
+            WHERE created_at >= :start AND created_at < :end AND status <> 'pending'{scope.sql()}
+        ) r
+        GROUP BY GROUPING SETS ((b), ())
+    """
+
+
+def _escalation_bucket(key: str | None, row: Any) -> EscalationBucket:
+    return EscalationBucket(
+        key=key,
+        requests=row.requests,
+        answered=row.answered,
+        failed=row.failed,
+        refused=row.refused,
+        decided=row.decided,
+        escalated=row.escalated,
+        escalation_rate=ratio(row.escalated, row.decided),
+        reasons={r: getattr(row, f"reason_{r}") for r in _REASONS if getattr(row, f"reason_{r}")},
+        cheap_answers=row.cheap_answers,
+        cheap_mean_confidence=ratio(row.cheap_confidence_sum or 0, row.cheap_answers),
+        compared=row.compared,
+        changed=row.changed,
+        changed_share=ratio(row.changed, row.compared),
+    )
+
+
+class Reports:
+    def __init__(self, db: Database, catalog: Catalog, cheap_model: str, strong_model: str) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.cheap_model = cheap_model
+        self.strong_model = strong_model
+
+    async def escalations(self, scope: Scope, window: Window, group_by: str) -> EscalationReport:
+        _check_grouping(group_by, ESCALATION_GROUPINGS, scope)
+        params = window.params() | scope.params()
+        async with self.db.transaction() as session:
+            rows = (await session.execute(text(_escalation_sql(group_by, scope)), params)).all()
+            teams = await _team_names(session) if group_by == "team" else {}
+            by_key = {row.b: row for row in rows if not row.is_total}
+            keys, truncated = _ordered_keys(group_by, window, by_key, lambda r: r.requests)
+            tasks = await _tasks(session, keys, window, scope) if group_by == "task" else {}
+        total = next((row for row in rows if row.is_total), None)
+        buckets = []
+        for key in keys:
+            row = by_key.get(key)
+            bucket = (
+                _escalation_bucket(_key_out(group_by, key, teams), row)
+                if row is not None
+                else EscalationBucket(_key_out(group_by, key, teams))
+            )
+            bucket.task = tasks.get(key)
+            buckets.append(bucket)
+        return EscalationReport(
+            start=window.start,
+            end=window.end,
+            group_by=group_by,
+            team=scope.team_name,
+            buckets=buckets,
+            totals=_escalation_bucket(None, total) if total is not None else EscalationBucket(None),
+            truncated=truncated,
+        )
+
+    async def costs(self, scope: Scope, window: Window, group_by: str) -> CostReport:
+        _check_grouping(group_by, COST_GROUPINGS, scope)
+        params = window.params() | scope.params()
+        per_request = "day" if group_by == "model" else group_by  # model buckets come from the attempts
+        async with self.db.transaction() as session:
+            request_rows = (await session.execute(text(_request_cost_sql(per_request, scope)), params)).all()
+            attempt_rows = (await session.execute(text(_attempt_cost_sql(group_by, scope)), params)).all()
+            model_rows = (
+                (await session.execute(text(_model_request_sql(scope)), params)).all() if group_by == "model" else []
+            )
+            teams = await _team_names(session) if group_by == "team" else {}
+            requests_by_key = {row.b: row for row in request_rows if not row.is_total}
+            by_key = {row.b: row for row in model_rows} if group_by == "model" else requests_by_key
+            if group_by == "model":
+                by_key |= {row.model: None for row in attempt_rows if not row.is_total and row.model not in by_key}
+            keys, truncated = _ordered_keys(group_by, window, by_key, lambda r: r.requests if r is not None else 0)
+            tasks = await _tasks(session, keys, window, scope) if group_by == "task" else {}
+
+        models_by_key: dict[Any, dict[str, ModelCost]] = {}
+        total_models: dict[str, ModelCost] = {}
+        cheap_tokens = dict.fromkeys(TOKEN_KINDS, 0)
+        for row in attempt_rows:
+            target = total_models if row.is_total else models_by_key.setdefault(row.b, {})
+            spend = target.setdefault(row.model, ModelCost(row.model))
+            spend.attempts += row.attempts
+            spend.cost_usd += row.cost_usd
+            for kind in TOKEN_KINDS:
+                spend.tokens[kind] += getattr(row, kind)
+                if row.is_total and row.stage == "cheap":
+                    cheap_tokens[kind] += getattr(row, kind)
+
+        buckets = []
+        for key in keys:
+            found = by_key.get(key)
+            bucket = _cost_bucket(_key_out(group_by, key, teams), found, counterfactual=group_by != "model")
+            bucket.models = sorted(models_by_key.get(key, {}).values(), key=lambda m: m.model)
+            bucket.task = tasks.get(key)
+            buckets.append(bucket)
+        total_row = next((row for row in request_rows if row.is_total), None)
+        totals = _cost_bucket(None, total_row, counterfactual=True)
+        totals.models = sorted(total_models.values(), key=lambda m: m.model)
+
+        observed_rate = ratio(total_row.escalated, total_row.decided) if total_row is not None else None
+        break_even = self.break_even(cheap_tokens, observed_rate)
+        warnings = []
+        if break_even.observed_rate is not None and break_even.observed_rate > break_even.rate:
+            warnings.append(
+                f"the escalation rate {break_even.observed_rate:.2%} is past the break-even rate "
+                f"{break_even.rate:.2%}: the cascade costs more than sending every request to {self.strong_model}"
+            )
+        return CostReport(
+            start=window.start,
+            end=window.end,
+            group_by=group_by,
+            team=scope.team_name,
+            buckets=buckets,
+            totals=totals,
+            break_even=break_even,
+            warnings=warnings,
+            truncated=truncated,
+        )
+
+    def break_even(self, cheap_tokens: dict[str, int], observed_rate: Decimal | None) -> BreakEven:
+        """The escalation rate at which the cascade costs what the strong model alone would.
+
+        A request costs c + e*s in the cascade and s alone, for the same tokens at today's prices of the
+        current pair, so the cascade saves money while e < 1 - c/s. The window's cheap-stage token mix is
+        used, or a nominal one when the window has none.
+        """
+        usage = TokenUsage(**{kind: cheap_tokens[kind] for kind in TOKEN_KINDS})
+        basis: Literal["observed", "nominal"] = "observed"
+        if usage.prompt_tokens + usage.output == 0:
+            usage, basis = NOMINAL_MIX, "nominal"
+        now = datetime.now(UTC)
+        cheap = self.catalog.price(self.cheap_model, now).cost(usage)
+        strong = self.catalog.price(self.strong_model, now).cost(usage)
+        rate = (1 - cheap / strong).quantize(RATE_PLACES, ROUND_HALF_EVEN)
+        return BreakEven(self.cheap_model, self.strong_model, rate, basis, observed_rate)
+
+
+def _check_grouping(group_by: str, allowed: Sequence[str], scope: Scope) -> None:
+    if group_by not in allowed:
+        raise InvalidInput(f"`group_by` must be one of {', '.join(allowed)}", field="group_by")
+    if group_by == "team" and not scope.is_admin:
+        raise InvalidInput("only the admin can group by team", field="group_by")
+
+
+def _ordered_keys(group_by: str, window: Window, by_key: dict[Any, Any], size: Any) -> tuple[list[Any], bool]:
+    """Time buckets in order with the gaps filled; other buckets largest first, at most MAX_CATEGORIES."""
+    if group_by in ("hour", "day"):
+        if group_by == "hour" and window.end - window.start > MAX_HOURLY_SPAN:
+            raise InvalidInput(f"hourly buckets cover at most {MAX_HOURLY_SPAN.days} days", field="group_by")
+        return _time_keys(group_by, window), False
+    keys = sorted(by_key, key=lambda k: (-size(by_key[k]), str(k)))
+    return keys[:MAX_CATEGORIES], len(keys) > MAX_CATEGORIES
+
+
+def _request_cost_sql(group_by: str, scope: Scope) -> str:
+    return f"""
+        SELECT b, grouping(b) = 1 AS is_total, count(*) AS requests,
+            sum(cost_usd) AS cost_usd, sum(all_strong_cost_usd) AS all_strong_cost_usd,
+            percentile_disc(0.5) WITHIN GROUP (ORDER BY cost_usd) AS p50,
+            percentile_disc(0.95) WITHIN GROUP (ORDER BY cost_usd) AS p95,
+            count(*) FILTER (WHERE escalated) AS escalated,
+            count(*) FILTER (WHERE escalated OR status = 'ok') AS decided
+        FROM (
+            SELECT {_bucket_sql(group_by, "created_at")} AS b, cost_usd, all_strong_cost_usd, escalated, status
+            FROM requests WHERE created_at >= :start AND created_at < :end{scope.sql()}
+        ) r
+        GROUP BY GROUPING SETS ((b), ())
+    """
+
+
+def _attempt_cost_sql(group_by: str, scope: Scope) -> str:
+    bucket = "model" if group_by == "model" else _bucket_sql(group_by, "request_created_at")
+    tokens = ",\n".join(f"coalesce(sum({kind}_tokens), 0) AS {kind}" for kind in TOKEN_KINDS)
+    return f"""
+        SELECT b, model, stage, grouping(b) = 1 AS is_total, count(*) AS attempts,
+            coalesce(sum(cost_usd), 0) AS cost_usd,
+            {tokens}
+        FROM (
+            SELECT {bucket} AS b, * FROM attempts
+            WHERE request_created_at >= :start AND request_created_at < :end AND state = 'settled'{scope.sql()}
+        ) a
+        GROUP BY GROUPING SETS ((b, model, stage), (model, stage))
+    """
+
+
+def _model_request_sql(scope: Scope) -> str:
+    """Per model: the requests that called it, and what each of them spent on it."""
+    return f"""
+        SELECT model AS b, count(*) AS requests, sum(c) AS cost_usd, NULL AS all_strong_cost_usd,
+            percentile_disc(0.5) WITHIN GROUP (ORDER BY c) AS p50,
+            percentile_disc(0.95) WITHIN GROUP (ORDER BY c) AS p95
+        FROM (
+            SELECT model, request_id, sum(cost_usd) AS c FROM attempts
+            WHERE request_created_at >= :start AND request_created_at < :end AND state = 'settled'{scope.sql()}
+            GROUP BY model, request_id
+        ) x
+        GROUP BY model
+    """
+
+
+def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBucket:
+    if row is None:
+        return CostBucket(key)
+    bucket = CostBucket(
+        key=key,
+        requests=row.requests,
+        cost_usd=row.cost_usd,
+        cost_mean_usd=ratio(row.cost_usd, row.requests, MONEY_PLACES),
+        cost_p50_usd=row.p50,
+        cost_p95_usd=row.p95,
+    )
+    if counterfactual:
+        bucket.all_strong_cost_usd = row.all_strong_cost_usd
+        bucket.savings_usd = row.all_strong_cost_usd - row.cost_usd
+        bucket.savings_pct = ratio(100 * bucket.savings_usd, row.all_strong_cost_usd, PCT_PLACES)
+    return bucket
+
+
+async def _team_names(session: Any) -> dict[uuid.UUID, str]:
+    return {row.id: row.name for row in await session.execute(text("SELECT id, name FROM teams"))}
+
+
+async def _tasks(session: Any, hashes: list[Any], window: Window, scope: Scope) -> dict[Any, dict[str, Any]]:
+    """The label set and instructions behind each task hash (one example row per hash)."""
+    if not hashes:
+        return {}
+    rows = await session.execute(
+        text(
+            f"""
+            SELECT h.task_hash, r.labels, r.instructions
+            FROM unnest(CAST(:hashes AS text[])) AS h(task_hash)
+            CROSS JOIN LATERAL (
+                SELECT labels, instructions FROM requests
+                WHERE task_hash = h.task_hash AND created_at >= :start AND created_at < :end{scope.sql()}
+                LIMIT 1
+            ) r
+            """
+        ),
+        {"hashes": [str(h) for h in hashes], **window.params(), **scope.params()},
+    )
+    return {row.task_hash: {"labels": row.labels, "instructions": row.instructions} for row in rows}
+
+
+def day_window(days: int, now: datetime) -> Window:
+    """The last `days` whole UTC days up to and including today."""
+    today = now.date()
+    start = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), UTC)
+    return Window(start, datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC))
