@@ -33,6 +33,7 @@ class Caller:
     team_id: uuid.UUID
     team_name: str
     caps: TeamCaps = field(default_factory=TeamCaps)
+    key_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,18 @@ class KeyRepository:
     async def add_key(self, team_id: uuid.UUID, key: str) -> None:
         self.session.add(ApiKey(team_id=team_id, prefix=key[:12], key_hash=hash_key(key)))
 
-    async def caller(self, key: str) -> Caller | None:
-        row = (
-            await self.session.execute(
-                select(Team.id, Team.name, Team.daily_cap_usd, Team.monthly_cap_usd)
-                .join(ApiKey, ApiKey.team_id == Team.id)
-                .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-            )
-        ).one_or_none()
+    async def caller(self, key: str | None = None, key_id: uuid.UUID | None = None) -> Caller | None:
+        """The team of a live key, found by the key itself or by its id (a dashboard session)."""
+        query = (
+            select(ApiKey.id.label("key_id"), Team.id, Team.name, Team.daily_cap_usd, Team.monthly_cap_usd)
+            .join(ApiKey, ApiKey.team_id == Team.id)
+            .where(ApiKey.revoked_at.is_(None))
+        )
+        query = query.where(ApiKey.key_hash == hash_key(key)) if key is not None else query.where(ApiKey.id == key_id)
+        row = (await self.session.execute(query)).one_or_none()
         if row is None:
             return None
-        return Caller(row.id, row.name, TeamCaps(row.daily_cap_usd, row.monthly_cap_usd))
+        return Caller(row.id, row.name, TeamCaps(row.daily_cap_usd, row.monthly_cap_usd), row.key_id)
 
     async def team_id(self, name: str) -> uuid.UUID | None:
         return await self.session.scalar(select(Team.id).where(Team.name == name))
@@ -97,24 +99,33 @@ async def issue_key(db: Database, team: str) -> str:
     return key
 
 
-async def authenticate(db: Database, key: str) -> Caller | None:
+async def authenticate(db: Database, key: str | None = None, key_id: uuid.UUID | None = None) -> Caller | None:
     async with db.transaction() as session:
-        return await KeyRepository(session).caller(key)
+        return await KeyRepository(session).caller(key, key_id)
+
+
+async def admin_scope(db: Database, team: str | None = None) -> Scope:
+    """The admin's view: every team, or the one named."""
+    if team is None:
+        return Scope(None, admin=True)
+    async with db.transaction() as session:
+        team_id = await KeyRepository(session).team_id(team)
+    if team_id is None:
+        raise NotFound(f"no team named {team!r}")
+    return Scope(team_id, team, admin=True)
+
+
+def team_scope(caller: Caller, team: str | None = None) -> Scope:
+    if team is not None and team != caller.team_name:
+        raise Forbidden("a team key reads only its own team's rows")
+    return Scope(caller.team_id, caller.team_name)
 
 
 async def reader_scope(db: Database, key: str, admin_key: str | None, team: str | None = None) -> Scope:
     """What a key may read: the admin key sees every team (or the one named), a team key its own."""
     if is_admin_key(key, admin_key):
-        if team is None:
-            return Scope(None, admin=True)
-        async with db.transaction() as session:
-            team_id = await KeyRepository(session).team_id(team)
-        if team_id is None:
-            raise NotFound(f"no team named {team!r}")
-        return Scope(team_id, team, admin=True)
+        return await admin_scope(db, team)
     caller = await authenticate(db, key)
     if caller is None:
         raise Unauthorized("invalid or revoked API key")
-    if team is not None and team != caller.team_name:
-        raise Forbidden("a team key reads only its own team's rows")
-    return Scope(caller.team_id, caller.team_name)
+    return team_scope(caller, team)

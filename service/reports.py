@@ -425,7 +425,7 @@ def _model_request_sql(scope: Scope) -> str:
 
 
 def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBucket:
-    if row is None:
+    if row is None or not row.requests:  # the grand total of an empty window is a row of NULL sums
         return CostBucket(key)
     bucket = CostBucket(
         key=key,
@@ -472,3 +472,58 @@ def day_window(days: int, now: datetime) -> Window:
     today = now.date()
     start = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), UTC)
     return Window(start, datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC))
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    lower: Decimal
+    upper: Decimal
+    counts: dict[str, int]
+
+
+async def _histogram_rows(db: Database, sql: str, params: dict[str, Any]) -> list[Any]:
+    async with db.transaction() as session:
+        return list((await session.execute(text(sql), params)).all())
+
+
+async def confidence_histogram(db: Database, scope: Scope, window: Window, bins: int = 20) -> list[HistogramBin]:
+    """The cheap model's confidence in equal bins over [0, 1], split by whether the request escalated."""
+    rows = await _histogram_rows(
+        db,
+        f"""
+        SELECT least(width_bucket(cheap_confidence, 0, 1, :bins), :bins) AS bin, escalated, count(*) AS n
+        FROM requests
+        WHERE created_at >= :start AND created_at < :end AND status <> 'pending'
+            AND cheap_confidence IS NOT NULL{scope.sql()}
+        GROUP BY 1, 2
+        """,
+        {"bins": bins, **window.params(), **scope.params()},
+    )
+    width = Decimal(1) / bins
+    out = [HistogramBin(width * i, width * (i + 1), {"kept": 0, "escalated": 0}) for i in range(bins)]
+    for row in rows:
+        out[row.bin - 1].counts["escalated" if row.escalated else "kept"] += row.n
+    return out
+
+
+async def cost_histogram(db: Database, scope: Scope, window: Window, bins: int = 20) -> list[HistogramBin]:
+    """Cost per request in equal bins from 0 to the window's most expensive request."""
+    rows = await _histogram_rows(
+        db,
+        f"""
+        WITH w AS (
+            SELECT cost_usd FROM requests WHERE created_at >= :start AND created_at < :end{scope.sql()}
+        ), m AS (SELECT max(cost_usd) AS hi FROM w)
+        SELECT least(width_bucket(cost_usd, 0, m.hi, :bins), :bins) AS bin, m.hi, count(*) AS n
+        FROM w, m WHERE m.hi > 0
+        GROUP BY 1, 2
+        """,
+        {"bins": bins, **window.params(), **scope.params()},
+    )
+    if not rows:
+        return []
+    width = rows[0].hi / bins
+    out = [HistogramBin(width * i, width * (i + 1), {"requests": 0}) for i in range(bins)]
+    for row in rows:
+        out[row.bin - 1].counts["requests"] += row.n
+    return out

@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_ADMIN_KEY",
         description="Key for the admin API. Unset: the admin API is disabled.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias="CASCADE_SESSION_SECRET",
+        description="Signs dashboard sessions. Unset: a random secret per process, so sessions end at a restart "
+        "and do not carry across replicas; set the same value on every replica.",
+    )
+    session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, validation_alias="CASCADE_SESSION_TTL_S", description="Dashboard session lifetime."
+    )
+    session_cookie_secure: bool = Field(
+        default=False,
+        validation_alias="CASCADE_SESSION_COOKIE_SECURE",
+        description="Mark the dashboard cookie Secure (HTTPS only); set it when TLS terminates in front.",
+    )
     max_text_chars: int = Field(
         default=20_000,
         ge=1,

@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
-from service.api import admin, classify, health, reports, requests, spend
+from service.api import admin, classify, dashboard, health, reports, requests, spend
 from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
+from service.api.session import SessionSigner
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -20,10 +23,12 @@ from service.settings import Settings
 def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Litestar:
     """Build the app; `db_url` is resolved by the caller (an embedded cluster or DATABASE_URL)."""
     Runtime.check(settings)  # fail fast on configuration errors, before anything is served
+    sessions = SessionSigner.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = app.state.runtime = Runtime.build(settings, db_url)
+        app.state.sessions = sessions
         try:
             await runtime.start()
             if sweeper:
@@ -45,6 +50,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
             health.live,
             health.ready,
             admin.admin_router,
+            dashboard.dashboard_router,
         ],
         dependencies={
             "runtime": Provide(provide_runtime, sync_to_thread=False),
@@ -56,6 +62,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestIdMiddleware],
         request_max_body_size=settings.max_body_bytes,
+        template_config=TemplateConfig(directory=dashboard.WEB / "templates", engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(title="cascade", version="0.1.0", path="/schema"),
         logging_config=None,  # the process configures logging; the app must not
         debug=False,

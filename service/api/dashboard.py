@@ -1,0 +1,201 @@
+"""The dashboard: server-rendered pages over the same reports, signed in with an API key.
+
+Pages are HTML, so their errors are HTML pages too; the JSON API keeps its one error shape.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.enums import MediaType, RequestEncodingType
+from litestar.params import Body, FromPath, QueryParameter
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+
+from service.api.session import COOKIE, Session, SessionSigner, fingerprint
+from service.audit import request_audit
+from service.budget import utcnow
+from service.dashboard import PERIODS, DashboardView, dashboard_view
+from service.errors import CascadeError, Unauthorized
+from service.keys import Scope, admin_scope, authenticate, is_admin_key, team_scope
+from service.runtime import Runtime
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+# Scripts and styles only from this origin: the page data is JSON in a non-executable script element.
+_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+def usd(value: Decimal | None, places: int = 6) -> str:
+    if value is None:
+        return "—"
+    return f"${value:,.{places}f}"
+
+
+def pct(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def num(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:f}"
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> Template:
+    return Template(
+        template_name=name,
+        context={"usd": usd, "pct": pct, "num": num, **context},
+        status_code=status_code,
+        headers=_HEADERS,
+        media_type=MediaType.HTML,
+    )
+
+
+def _signer(request: Request[Any, Any, Any]) -> SessionSigner:
+    signer: SessionSigner = request.app.state.sessions
+    return signer
+
+
+async def _reader(request: Request[Any, Any, Any], runtime: Runtime, team: str | None) -> tuple[Scope, str]:
+    """The signed-in reader's scope and a label for the header; Unauthorized if there is no live session."""
+    session = _signer(request).read(request.cookies.get(COOKIE))
+    if session is None:
+        raise Unauthorized("sign in")
+    if session.key_id is None:
+        admin = runtime.settings.admin_key
+        if admin is None or session.admin_fingerprint != fingerprint(admin.get_secret_value()):
+            raise Unauthorized("the admin key has changed; sign in again")
+        return await admin_scope(runtime.db, team), "admin"
+    caller = await authenticate(runtime.db, key_id=session.key_id)
+    if caller is None:
+        raise Unauthorized("this key has been revoked; sign in again")
+    return team_scope(caller, team), f"team {caller.team_name}"
+
+
+def _error_page(exc: CascadeError, who: str | None = None) -> Template:
+    return _page("error.html.j2", exc.status_code, status=exc.status_code, message=exc.message, who=who)
+
+
+def _charts(view: DashboardView) -> dict[str, Any]:
+    def f(value: Decimal | None, scale: int = 1) -> float | None:
+        return None if value is None else float(value * scale)
+
+    return {
+        "escalation": {
+            "labels": [b.key for b in view.escalations.buckets],
+            "rate": [f(b.escalation_rate, 100) for b in view.escalations.buckets],
+            "requests": [b.requests for b in view.escalations.buckets],
+        },
+        "caps": {
+            "labels": [c.label for c in view.caps],
+            "spent": [f(c.spent_usd) for c in view.caps],
+            "reserved": [f(c.reserved_usd) for c in view.caps],
+            "remaining": [f(c.remaining_usd) or 0 for c in view.caps],
+        },
+        "cost": {
+            "labels": [f"up to {usd(b.upper)}" for b in view.cost_bins],
+            "counts": [b.counts["requests"] for b in view.cost_bins],
+        },
+        "confidence": {
+            "labels": [f"{b.lower:.2f}-{b.upper:.2f}" for b in view.confidence_bins],
+            "kept": [b.counts["kept"] for b in view.confidence_bins],
+            "escalated": [b.counts["escalated"] for b in view.confidence_bins],
+        },
+    }
+
+
+@get("/", include_in_schema=False)
+async def dashboard(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    days: Annotated[int, QueryParameter(ge=1, le=90)] = 30,
+    team: Annotated[str | None, QueryParameter()] = None,
+) -> Template:
+    try:
+        scope, who = await _reader(request, runtime, team)
+    except Unauthorized:
+        return _page("login.html.j2", who=None, error=None)
+    except CascadeError as exc:
+        return _error_page(exc)
+    try:
+        view = await dashboard_view(runtime, scope, days, utcnow())
+    except CascadeError as exc:
+        return _error_page(exc, who)
+    label = team or (scope.team_name if not scope.is_admin else "all teams")
+    return _page(
+        "dashboard.html.j2", view=view, who=who, team=team, periods=PERIODS, scope_label=label, charts=_charts(view)
+    )
+
+
+@get("/requests/{request_id:uuid}", include_in_schema=False)
+async def request_page(
+    request: Request[Any, Any, Any], request_id: FromPath[uuid.UUID], runtime: NamedDependency[Runtime]
+) -> Template | Redirect:
+    try:
+        scope, who = await _reader(request, runtime, None)
+    except Unauthorized:
+        return Redirect("/dashboard")
+    except CascadeError as exc:
+        return _error_page(exc)
+    try:
+        row, attempts = await request_audit(runtime.db, scope, request_id)
+    except CascadeError as exc:
+        return _error_page(exc, who)
+    return _page("request.html.j2", r=row, attempts=attempts, who=who)
+
+
+@post("/login", include_in_schema=False, status_code=303)
+async def login(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    key = (data.get("key") or "").strip()
+    admin = runtime.settings.admin_key
+    session: Session | None = None
+    try:
+        if key and admin is not None and is_admin_key(key, admin.get_secret_value()):
+            session = Session(None, fingerprint(admin.get_secret_value()))
+        elif key and (caller := await authenticate(runtime.db, key)) is not None:
+            session = Session(caller.key_id)
+    except CascadeError as exc:
+        return _error_page(exc)
+    if session is None:
+        return _page("login.html.j2", 401, who=None, error="That key is not valid, or it has been revoked.")
+    signer = _signer(request)
+    cookie = Cookie(
+        key=COOKIE,
+        value=signer.issue(session),
+        max_age=signer.ttl_s,
+        path="/dashboard",
+        httponly=True,
+        samesite="strict",
+        secure=runtime.settings.session_cookie_secure,
+    )
+    return Redirect("/dashboard", status_code=303, cookies=[cookie])
+
+
+@post("/logout", include_in_schema=False, status_code=303)
+async def logout() -> Redirect:
+    return Redirect("/dashboard", status_code=303, cookies=[Cookie(key=COOKIE, value="", max_age=0, path="/dashboard")])
+
+
+dashboard_router = Router(
+    path="/dashboard",
+    route_handlers=[
+        dashboard,
+        request_page,
+        login,
+        logout,
+        create_static_files_router(path="/static", directories=[WEB / "static"], include_in_schema=False),
+    ],
+)
