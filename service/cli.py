@@ -9,6 +9,7 @@ import logging
 import sys
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -73,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     caps_set.add_argument("--daily", type=Decimal)
     caps_set.add_argument("--monthly", type=Decimal)
     caps.add_parser("show", help="every cap row of the current periods")
+
+    report = commands.add_parser("report", help="escalation and cost reports from the ledger")
+    report.add_argument("kind", choices=["escalations", "costs"])
+    report.add_argument("--since", default="7d", help="7d, 24h, 90m or an ISO date/time (default 7d)")
+    report.add_argument("--until", help="ISO date/time, exclusive (default now)")
+    report.add_argument(
+        "--group-by", default="day", help="escalations: hour|day|task|model|label|team; costs: day|model|task|team"
+    )
+    report.add_argument("--team", help="only this team (default: every team)")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     return parser
 
 
@@ -90,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             _migrate(settings, args)
         elif args.command == "simulator":
             _simulator(args)
+        elif args.command == "report":
+            asyncio.run(_report(settings, args))
         else:
             asyncio.run(_manage(settings, args))
     except ConfigurationError as exc:
@@ -221,6 +234,43 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(1) from exc
     finally:
         await db.dispose()
+
+
+async def _report(settings: Settings, args: argparse.Namespace) -> None:
+    from service import schema
+    from service.api.schemas import CostReportOut, EscalationReportOut
+    from service.budget import utcnow
+    from service.catalog import Catalog
+    from service.database import Database, resolve_url
+    from service.errors import CascadeError
+    from service.keys import admin_scope
+    from service.report_output import print_table, to_csv
+    from service.reports import Reports, Window, parse_instant, parse_since
+
+    db = Database(resolve_url(settings), settings)
+    try:
+        await schema.check_current(db)
+        now = utcnow()
+        end = parse_instant(args.until, "until") if args.until else now
+        window = Window.parse(parse_since(args.since, now).isoformat(), end.isoformat(), now)
+        reports = Reports(db, Catalog(), settings.cheap_model, settings.strong_model)
+        scope = await admin_scope(db, args.team)
+        if args.kind == "escalations":
+            report: Any = await reports.escalations(scope, window, args.group_by)
+            out: Any = EscalationReportOut
+        else:
+            report, out = await reports.costs(scope, window, args.group_by), CostReportOut
+    except CascadeError as exc:
+        print(f"cascade: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    finally:
+        await db.dispose()
+    if args.format == "json":
+        print(out.model_validate(report).model_dump_json(indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(report))
+    else:
+        print_table(report, Console())
 
 
 def _usd(value: Decimal | None) -> str:
