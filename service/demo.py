@@ -130,7 +130,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         t0 = time.monotonic()
         statuses, escalated_id = await _send_all(url, key, bodies, options.concurrency, console, quiet)
         elapsed = time.monotonic() - t0
-        report = await run_report(db, Catalog(), service_settings.strong_model, team_id, started)
+        report = await run_report(db, team_id, started)
         caps = await _caps(db_url, service_settings)
         if quiet:
             console.print_json(json.dumps(report_json(report, statuses, caps), default=str))

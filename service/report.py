@@ -10,7 +10,6 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from service.catalog import Catalog, TokenUsage
 from service.database import Database
 from service.tables import Attempt, Request
 
@@ -48,9 +47,7 @@ def nearest_rank(sorted_values: list[Decimal], pct: int) -> Decimal:
     return sorted_values[rank - 1]
 
 
-async def run_report(
-    db: Database, catalog: Catalog, strong_model: str, team_id: uuid.UUID, since: datetime
-) -> RunReport:
+async def run_report(db: Database, team_id: uuid.UUID, since: datetime) -> RunReport:
     async with db.transaction() as session:
         requests = (
             await session.scalars(select(Request).where(Request.team_id == team_id, Request.created_at >= since))
@@ -80,9 +77,7 @@ async def run_report(
     escalated = [r for r in answered if r.escalated]
     costs = sorted(r.cost_usd for r in requests)
     total = sum(costs, Decimal(0))
-    counterfactual = sum(
-        (_all_strong_cost(catalog, strong_model, by_request.get(r.id, [])) for r in requests), Decimal(0)
-    )
+    counterfactual = sum((r.all_strong_cost_usd for r in requests), Decimal(0))
     savings = counterfactual - total
     return RunReport(
         requests=len(requests),
@@ -99,26 +94,3 @@ async def run_report(
         savings_usd=savings,
         savings_pct=savings / counterfactual * 100 if counterfactual else Decimal(0),
     )
-
-
-def _all_strong_cost(catalog: Catalog, strong_model: str, attempts: list[Attempt]) -> Decimal:
-    """What the request would have cost sent straight to the strong model.
-
-    Escalated requests already paid the strong model: that cost is the answer. Otherwise the answered
-    cheap attempt's tokens are priced at the strong model's price row of that day.
-    """
-    strong = [a for a in attempts if a.stage == "strong" and a.outcome == "answered"]
-    if strong:
-        return sum((a.cost_usd or Decimal(0) for a in strong), Decimal(0))
-    cheap = [a for a in attempts if a.outcome == "answered"]
-    if not cheap:
-        return Decimal(0)
-    a = cheap[-1]
-    usage = TokenUsage(
-        input=a.input_tokens or 0,
-        cache_write_5m=a.cache_write_5m_tokens or 0,
-        cache_write_1h=a.cache_write_1h_tokens or 0,
-        cache_read=a.cache_read_tokens or 0,
-        output=a.output_tokens or 0,
-    )
-    return catalog.price(strong_model, a.reserved_at, usage.prompt_tokens).cost(usage)
