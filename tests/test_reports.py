@@ -9,6 +9,7 @@ with the API's decimal strings.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -267,11 +268,10 @@ async def move(db: Database, request_id: str, at: datetime) -> None:
 
 async def seed(svc: Service, make_settings: Callable[..., Settings], database_url: str) -> Workload:
     auth = {"team-a": svc.auth, "team-b": {"Authorization": f"Bearer {await svc.new_key('team-b')}"}}
-    await set_caps(svc, "team-b", "0")
-    ids: dict[str, str] = {}
     other_settings = make_settings(CASCADE_CHEAP_MODEL=OTHER_CHEAP, CASCADE_STRONG_MODEL=OTHER_STRONG)
     async with running_service(other_settings, database_url, svc.db, svc.sim) as other:
-        for case in CASES:
+
+        async def send(case: Case) -> tuple[str, str]:
             body: dict[str, Any] = {
                 "text": f"Report case {case.name}: the parcel arrived. {{{{sim:{case.directive}}}}}",
                 "labels": SPAM if case.spam else SENTIMENT,
@@ -283,9 +283,13 @@ async def seed(svc: Service, make_settings: Callable[..., Settings], database_ur
             client, headers = (other.client, other.auth) if case.other_pair else (svc.client, auth[case.team])
             response = await client.post("/v1/classify", json=body, headers=headers)
             assert response.status_code == case.status, (case.name, response.text)
-            ids[case.name] = response.json()["id" if case.status == 200 else "request_id"]
-            if case.name == "b-refused":
-                await set_caps(svc, "team-b", None)
+            return case.name, response.json()["id" if case.status == 200 else "request_id"]
+
+        # The refusal first, alone, while team-b's daily cap is 0; then everything else at once.
+        await set_caps(svc, "team-b", "0")
+        refused = await send(next(c for c in CASES if c.name == "b-refused"))
+        await set_caps(svc, "team-b", None)
+        ids = dict([refused, *await asyncio.gather(*(send(c) for c in CASES if c.name != "b-refused"))])
     for case in CASES:
         row = await svc.request_row(ids[case.name])
         actual = (row.status, row.escalated, row.escalation_reason, row.cheap_label, row.label)
@@ -578,8 +582,9 @@ async def get_json(svc: Service, path: str, headers: dict[str, str], **params: A
     return response.json()
 
 
-def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | None) -> None:
-    """Time buckets: exactly `order`. Others: the largest first, ties by key, at most 200."""
+def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | None, *, ties: bool = True) -> None:
+    """Time buckets: exactly `order`. Others: the largest first, ties by key (unless `ties` is False: teams tie
+    by id, see test_teams_with_as_many_requests_are_ordered_by_name), at most 200."""
     if order is not None:
         assert [b["key"] for b in got] == order
         for bucket in got:
@@ -592,7 +597,7 @@ def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | N
     sizes = [b["requests"] for b in got]
     assert sizes == sorted(sizes, reverse=True), keys
     for first, second in itertools.pairwise(got):
-        if first["requests"] == second["requests"] and first["key"] is not None and second["key"] is not None:
+        if ties and first["requests"] == second["requests"] and None not in (first["key"], second["key"]):
             assert first["key"] < second["key"], (first["key"], second["key"])
     dropped = [b for k, b in expected.items() if k not in set(keys)]
     if dropped:
@@ -615,7 +620,7 @@ async def check_escalations(
         window.start,
         window.end,
     )
-    check_buckets([escalation_bucket(b) for b in report["buckets"]], buckets, order)
+    check_buckets([escalation_bucket(b) for b in report["buckets"]], buckets, order, ties=group_by != "team")
     assert escalation_bucket(report["totals"]) == totals
     assert report["truncated"] is (len(buckets) > MAX_BUCKETS and order is None)
     return report
@@ -634,7 +639,7 @@ async def check_costs(
         window.start,
         window.end,
     )
-    check_buckets([cost_bucket(b) for b in report["buckets"]], buckets, order)
+    check_buckets([cost_bucket(b) for b in report["buckets"]], buckets, order, ties=group_by != "team")
     assert cost_bucket(report["totals"]) == totals
     got_break_even = report["break_even"]
     assert {
@@ -792,7 +797,7 @@ async def test_escalation_report_equals_the_rows_for_every_grouping_window_and_r
     by_model = await check_escalations(w, whole, "model", ADMIN, None)
     assert {b["key"] for b in by_model["buckets"]} == {w.svc.settings.cheap_model, OTHER_CHEAP}
     by_task = await check_escalations(w, whole, "task", w.auth["team-b"], "team-b")
-    assert sorted(b["task"]["labels"] for b in by_task["buckets"]) == [SPAM, SENTIMENT]
+    assert sorted(b["task"]["labels"] for b in by_task["buckets"]) == sorted([SPAM, SENTIMENT])
     assert {b["task"]["instructions"] for b in by_task["buckets"]} == {None, SPAM_INSTRUCTIONS}
 
 
@@ -1085,7 +1090,7 @@ async def test_exports_stream_every_row_exactly_once_past_the_internal_page(work
             r.labels, r.instructions, r.threshold, r.text_chars, r.cheap_model, r.strong_model, 'syn-' || (g % 250),
             r.confidence, r.model, g % 2 = 0, CASE WHEN g % 2 = 0 THEN 'low_confidence' END, r.cheap_label,
             r.cheap_confidence, r.cost_usd + (g % 97) * 0.0000001, r.all_strong_cost_usd, r.error_type,
-            r.error_message, r.latency_ms, :at - (g % 3) * interval '1 microsecond', r.finished_at
+            r.error_message, r.latency_ms, CAST(:at AS timestamptz) - (g % 3) * interval '1 microsecond', r.finished_at
         FROM requests r, generate_series(1, :n) AS g
         WHERE r.id = :source
         """,

@@ -117,7 +117,7 @@ def _charts(view: DashboardView) -> dict[str, Any]:
 async def dashboard(
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
-    days: Annotated[int, QueryParameter(ge=1, le=90)] = 30,
+    days: Annotated[int, QueryParameter(ge=1, le=90)] = 7,
     team: Annotated[str | None, QueryParameter()] = None,
 ) -> Template:
     try:
