@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
@@ -89,7 +90,18 @@ async def _ndjson(rows: AsyncIterator[Any]) -> AsyncIterator[str]:
         yield RequestRowOut.model_validate(row).model_dump_json() + "\n"
 
 
-@get("/v1/requests", summary="List and export requests, newest first", responses=_READ)
+@get(
+    "/v1/requests",
+    summary="List and export requests, newest first",
+    responses={
+        200: ResponseSpec(
+            data_container=RequestPageOut,
+            description="A page of requests; with format=csv or ndjson, every matching row streamed as text/csv "
+            "or application/x-ndjson instead",
+        ),
+        **_READ,
+    },
+)
 async def list_(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Scope],
@@ -107,17 +119,18 @@ async def list_(
         str | None,
         QueryParameter(name="format", description="json (a page), or csv / ndjson (every matching row, streamed)"),
     ] = None,
-) -> RequestPageOut | Stream:
+) -> Response[Any]:
     flt = RequestFilter(Window.parse(start, end, utcnow(), 30), escalated, reason, model, status, task)
     fmt = _format(request, format_)
     if fmt == "json":
         rows, next_cursor = await list_requests(
             runtime.db, reader, flt, limit, Cursor.decode(cursor) if cursor else None
         )
-        return RequestPageOut(
+        page = RequestPageOut(
             items=[RequestRowOut.model_validate(r) for r in rows],
             next_cursor=next_cursor.encode() if next_cursor else None,
         )
+        return Response(page, media_type=MediaType.JSON)
     rows_out = await export_requests(runtime.db, reader, flt)
     if fmt == "csv":
         return Stream(
