@@ -73,13 +73,16 @@ class Cursor:
 
     @classmethod
     def decode(cls, value: str) -> Cursor:
+        invalid = InvalidInput("`cursor` is not a cursor this API returned", field="cursor")
         try:
             created_at, id_ = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+            if not (isinstance(created_at, str) and isinstance(id_, str)):
+                raise invalid
             cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(id_))
         except (ValueError, TypeError, binascii.Error):
-            raise InvalidInput("`cursor` is not a cursor this API returned", field="cursor") from None
+            raise invalid from None
         if cursor.created_at.tzinfo is None:
-            raise InvalidInput("`cursor` is not a cursor this API returned", field="cursor")
+            raise invalid
         return cursor
 
 

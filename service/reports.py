@@ -54,7 +54,10 @@ class Window:
     @classmethod
     def parse(cls, start: str | None, end: str | None, now: datetime, default_days: int = 7) -> Window:
         end_at = parse_instant(end, "end") if end else now
-        start_at = parse_instant(start, "start") if start else end_at - timedelta(days=default_days)
+        try:
+            start_at = parse_instant(start, "start") if start else end_at - timedelta(days=default_days)
+        except OverflowError:
+            raise InvalidInput("`start` is before the first representable instant", field="start") from None
         if start_at >= end_at:
             raise InvalidInput("`start` must be before `end`", field="start")
         if end_at - start_at > MAX_SPAN:
@@ -69,9 +72,11 @@ def parse_instant(value: str, name: str) -> datetime:
     """An ISO 8601 date or date-time; a date means its midnight, and a time without an offset is UTC."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise InvalidInput(f"`{name}` is not an ISO 8601 date or date-time: {value!r}", field=name) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"`{name}` is outside the years 1 to 9999 in UTC: {value!r}", field=name) from None
 
 
 def parse_since(value: str, now: datetime) -> datetime:
@@ -258,7 +263,7 @@ class Reports:
             rows = (await session.execute(text(_escalation_sql(group_by, scope)), params)).all()
             teams = await _team_names(session) if group_by == "team" else {}
             by_key = {row.b: row for row in rows if not row.is_total}
-            keys, truncated = _ordered_keys(group_by, window, by_key, lambda r: r.requests)
+            keys, truncated = _ordered_keys(group_by, window, by_key, lambda r: r.requests, teams)
             tasks = await _tasks(session, keys, window, scope) if group_by == "task" else {}
         total = next((row for row in rows if row.is_total), None)
         buckets = []
@@ -296,7 +301,9 @@ class Reports:
             by_key = {row.b: row for row in model_rows} if group_by == "model" else requests_by_key
             if group_by == "model":
                 by_key |= {row.model: None for row in attempt_rows if not row.is_total and row.model not in by_key}
-            keys, truncated = _ordered_keys(group_by, window, by_key, lambda r: r.requests if r is not None else 0)
+            keys, truncated = _ordered_keys(
+                group_by, window, by_key, lambda r: r.requests if r is not None else 0, teams
+            )
             tasks = await _tasks(session, keys, window, scope) if group_by == "task" else {}
 
         models_by_key: dict[Any, dict[str, ModelCost]] = {}
@@ -368,13 +375,16 @@ def _check_grouping(group_by: str, allowed: Sequence[str], scope: Scope) -> None
         raise InvalidInput("only the admin can group by team", field="group_by")
 
 
-def _ordered_keys(group_by: str, window: Window, by_key: dict[Any, Any], size: Any) -> tuple[list[Any], bool]:
-    """Time buckets in order with the gaps filled; other buckets largest first, at most MAX_CATEGORIES."""
+def _ordered_keys(
+    group_by: str, window: Window, by_key: dict[Any, Any], size: Any, teams: dict[uuid.UUID, str]
+) -> tuple[list[Any], bool]:
+    """Time buckets in order with the gaps filled; other buckets largest first (ties by the key shown), at
+    most MAX_CATEGORIES."""
     if group_by in ("hour", "day"):
         if group_by == "hour" and window.end - window.start > MAX_HOURLY_SPAN:
             raise InvalidInput(f"hourly buckets cover at most {MAX_HOURLY_SPAN.days} days", field="group_by")
         return _time_keys(group_by, window), False
-    keys = sorted(by_key, key=lambda k: (-size(by_key[k]), str(k)))
+    keys = sorted(by_key, key=lambda k: (-size(by_key[k]), _key_out(group_by, k, teams) or ""))
     return keys[:MAX_CATEGORIES], len(keys) > MAX_CATEGORIES
 
 
@@ -426,7 +436,10 @@ def _model_request_sql(scope: Scope) -> str:
 
 def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBucket:
     if row is None or not row.requests:  # the grand total of an empty window is a row of NULL sums
-        return CostBucket(key)
+        empty = CostBucket(key)
+        if counterfactual:
+            empty.all_strong_cost_usd = empty.savings_usd = Decimal(0)
+        return empty
     bucket = CostBucket(
         key=key,
         requests=row.requests,

@@ -17,21 +17,35 @@ import itertools
 import json
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from service import schema
 from service.audit import COLUMNS
 from service.catalog import Catalog, TokenUsage
 from service.database import Database
 from service.settings import Settings
-from tests.harness import ADMIN, SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
+from service.simulator import Simulator
+from tests.harness import (
+    ADMIN,
+    ADMIN_KEY,
+    SENTIMENT,
+    Service,
+    assert_error,
+    assert_ledger_invariants,
+    running_service,
+)
 
 SPAM = ["spam", "ham"]
 SPAM_INSTRUCTIONS = "Unsolicited advertising is spam; anything else is ham."
@@ -242,9 +256,6 @@ class Workload:
     def tomorrow(self) -> datetime:
         return datetime.combine(self.today + timedelta(days=1), time(), UTC)
 
-    def team_of(self, request_id: str) -> str:
-        return next(c.team for c in CASES if self.ids[c.name] == request_id)
-
 
 async def set_caps(svc: Service, team: str, daily: str | None) -> None:
     response = await svc.client.put(
@@ -302,7 +313,7 @@ async def seed(svc: Service, make_settings: Callable[..., Settings], database_ur
     at = boundaries(now)
     for name, instant in MOVES.items():
         await move(svc.db, ids[name], at[instant])
-    # A replica died after the cheap stage had escalated: the request stays pending.
+    # As if its replica had died before recording the outcome: the request stays pending (attempts settled).
     await execute(
         svc.db,
         "UPDATE requests SET status = 'pending', label = NULL, confidence = NULL, model = NULL, escalated = false, "
@@ -312,9 +323,46 @@ async def seed(svc: Service, make_settings: Callable[..., Settings], database_ur
     return Workload(svc, auth, ids, at, now.date())
 
 
-@pytest.fixture
-async def workload(admin_service: Service, make_settings: Callable[..., Settings], database_url: str) -> Workload:
-    return await seed(admin_service, make_settings, database_url)
+def settings_for(database_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    """The settings tests.conftest.make_settings gives, with the admin key (that fixture is per test)."""
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_BASE_URL": sim.url,
+        "CASCADE_RETRY_BASE_S": 0.01,
+        "CASCADE_RETRY_CAP_S": 0.05,
+        "CASCADE_SWEEP_INTERVAL_S": 3600,
+        "CASCADE_TEAM_BURST": 100_000,
+        "CASCADE_DATA_DIR": str(Path(".cascade-test")),
+        "CASCADE_ADMIN_KEY": ADMIN_KEY,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+async def workload(server_url: str, simulator: Simulator) -> AsyncIterator[Workload]:
+    """The workload, seeded once for the tests that only read it, in a database of this module's own (created
+    and dropped here), so that no other test's truncation reaches it and it leaves nothing behind."""
+    name = f"cascade_reports_{uuid.uuid4().hex[:10]}"
+    server = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with server.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        await asyncio.to_thread(schema.upgrade, url)
+        make_settings = partial(settings_for, url, simulator)
+        db = Database(url, make_settings())
+        simulator.reset()
+        try:
+            async with running_service(make_settings(), url, db, simulator) as svc:
+                yield await seed(svc, make_settings, url)
+        finally:
+            await db.dispose()
+    finally:
+        async with server.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await server.dispose()
 
 
 # --- raw rows and exact arithmetic ------------------------------------------------------------------------------
@@ -400,14 +448,12 @@ def time_keys(group_by: str, window: Window) -> list[str]:
 
 def request_key(group_by: str, row: Row, created: str = "created_at") -> Any:
     instant: datetime = row[created].astimezone(UTC)
-    return {
-        "hour": lambda: instant.strftime("%Y-%m-%dT%H:00:00Z"),
-        "day": lambda: instant.date().isoformat(),
-        "task": lambda: row["task_hash"],
-        "model": lambda: row["cheap_model"],
-        "label": lambda: row["label"],
-        "team": lambda: row["team"],
-    }[group_by]()
+    if group_by == "hour":
+        return instant.strftime("%Y-%m-%dT%H:00:00Z")
+    if group_by == "day":
+        return instant.date().isoformat()
+    column = {"task": "task_hash", "model": "cheap_model", "label": "label", "team": "team"}[group_by]
+    return row[column]
 
 
 def task_of(requests: list[Row], task_hash: str) -> dict[str, Any]:
@@ -582,9 +628,8 @@ async def get_json(svc: Service, path: str, headers: dict[str, str], **params: A
     return response.json()
 
 
-def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | None, *, ties: bool = True) -> None:
-    """Time buckets: exactly `order`. Others: the largest first, ties by key (unless `ties` is False: teams tie
-    by id, see test_teams_with_as_many_requests_are_ordered_by_name), at most 200."""
+def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | None) -> None:
+    """Time buckets: exactly `order`. Others: the largest first, ties by the key shown, at most 200."""
     if order is not None:
         assert [b["key"] for b in got] == order
         for bucket in got:
@@ -597,7 +642,7 @@ def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | N
     sizes = [b["requests"] for b in got]
     assert sizes == sorted(sizes, reverse=True), keys
     for first, second in itertools.pairwise(got):
-        if ties and first["requests"] == second["requests"] and None not in (first["key"], second["key"]):
+        if first["requests"] == second["requests"] and None not in (first["key"], second["key"]):
             assert first["key"] < second["key"], (first["key"], second["key"])
     dropped = [b for k, b in expected.items() if k not in set(keys)]
     if dropped:
@@ -610,7 +655,7 @@ def check_buckets(got: list[Row], expected: dict[Any, Row], order: list[Any] | N
 async def check_escalations(
     w: Workload, window: Window, group_by: str, headers: dict[str, str], team: str | None, query: Query = None
 ) -> Row:
-    report = await get_json(
+    report: Row = await get_json(
         w.svc, "/v1/reports/escalations", headers, group_by=group_by, **window.params(), **(query or {})
     )
     requests, _ = await load(w.svc.db)
@@ -620,7 +665,7 @@ async def check_escalations(
         window.start,
         window.end,
     )
-    check_buckets([escalation_bucket(b) for b in report["buckets"]], buckets, order, ties=group_by != "team")
+    check_buckets([escalation_bucket(b) for b in report["buckets"]], buckets, order)
     assert escalation_bucket(report["totals"]) == totals
     assert report["truncated"] is (len(buckets) > MAX_BUCKETS and order is None)
     return report
@@ -629,7 +674,9 @@ async def check_escalations(
 async def check_costs(
     w: Workload, window: Window, group_by: str, headers: dict[str, str], team: str | None, query: Query = None
 ) -> Row:
-    report = await get_json(w.svc, "/v1/reports/costs", headers, group_by=group_by, **window.params(), **(query or {}))
+    report: Row = await get_json(
+        w.svc, "/v1/reports/costs", headers, group_by=group_by, **window.params(), **(query or {})
+    )
     requests, attempts = await load(w.svc.db)
     buckets, order, totals, expected_break_even = expected_costs(
         requests, attempts, window, group_by, team, w.svc.settings
@@ -639,14 +686,14 @@ async def check_costs(
         window.start,
         window.end,
     )
-    check_buckets([cost_bucket(b) for b in report["buckets"]], buckets, order, ties=group_by != "team")
+    check_buckets([cost_bucket(b) for b in report["buckets"]], buckets, order)
     assert cost_bucket(report["totals"]) == totals
     got_break_even = report["break_even"]
     assert {
         **got_break_even,
         "rate": dec(got_break_even["rate"]),
         "observed_rate": dec(got_break_even["observed_rate"]),
-    } == (expected_break_even)
+    } == expected_break_even
     observed = expected_break_even["observed_rate"]
     past = observed is not None and observed > expected_break_even["rate"]
     assert len(report["warnings"]) == int(past), report["warnings"]
@@ -681,10 +728,10 @@ def canonical(values: dict[str, Any]) -> tuple[Any, ...]:
             out.append(value if isinstance(value, bool) else {"true": True, "false": False}[str(value).lower()])
         elif column == "latency_ms":
             out.append(int(value))
-        elif column in ("confidence", "cheap_confidence", "cost_usd", "all_strong_cost_usd"):
-            out.append(
-                Decimal(str(value)) if not isinstance(value, str) or column.endswith("confidence") else dec(value)
-            )
+        elif column in ("cost_usd", "all_strong_cost_usd"):
+            out.append(dec(value) if isinstance(value, str) else value)  # the wire's strings are normalized
+        elif column in ("confidence", "cheap_confidence"):
+            out.append(Decimal(str(value)))  # a JSON number, a CSV cell or NUMERIC
         else:
             out.append(str(value))
     return tuple(out)
@@ -731,7 +778,8 @@ async def export(svc: Service, headers: dict[str, str], how: str, **params: str)
 # --- tests -------------------------------------------------------------------------------------------------------
 
 
-async def test_the_all_strong_counterfactual_prices_every_cheap_attempt_at_the_strong_model(workload: Workload) -> None:
+async def check_counterfactual(workload: Workload) -> None:
+    """Every request's all-strong figure: its cheap-stage attempts' tokens at its strong model's prices of the day."""
     requests, attempts = await load(workload.svc.db)
     catalog = Catalog()
     unknown = 0
@@ -758,7 +806,7 @@ async def test_the_all_strong_counterfactual_prices_every_cheap_attempt_at_the_s
     assert not [a for a in attempts if a["request_id"] == refused["id"]]
 
 
-async def test_escalation_report_equals_the_rows_for_every_grouping_window_and_reader(workload: Workload) -> None:
+async def test_escalation_report_and_windows_equal_the_rows_for_every_grouping_and_reader(workload: Workload) -> None:
     w, at = workload, workload.at
     whole = Window(at["T0"] - timedelta(hours=1), w.tomorrow)
     windows = [
@@ -776,6 +824,8 @@ async def test_escalation_report_equals_the_rows_for_every_grouping_window_and_r
         (ADMIN, "team-b", {"team": "team-b"}),
     ]
     for window, (headers, team, extra) in itertools.product(windows, readers):
+        if team is not None and window not in (whole, windows[2], windows[4]):
+            continue
         for group_by in ("task", "model", "label"):
             await check_escalations(w, window, group_by, headers, team, extra)
     for headers, team, extra in readers:
@@ -799,9 +849,12 @@ async def test_escalation_report_equals_the_rows_for_every_grouping_window_and_r
     by_task = await check_escalations(w, whole, "task", w.auth["team-b"], "team-b")
     assert sorted(b["task"]["labels"] for b in by_task["buckets"]) == sorted([SPAM, SENTIMENT])
     assert {b["task"]["instructions"] for b in by_task["buckets"]} == {None, SPAM_INSTRUCTIONS}
+    await check_time_buckets(w)
+    await check_windows(w)
 
 
-async def test_escalation_time_buckets_cover_every_hour_and_day_the_window_touches(workload: Workload) -> None:
+async def check_time_buckets(workload: Workload) -> None:
+    """Hour and day buckets: every one the window touches, in order, the quiet ones zero."""
     w, at = workload, workload.at
     day = at["T2"]
     hourly = await check_escalations(w, Window(at["T1"], day + timedelta(hours=3)), "hour", ADMIN, None)
@@ -824,7 +877,10 @@ async def test_escalation_time_buckets_cover_every_hour_and_day_the_window_touch
     assert all(b["escalation_rate"] is None and b["reasons"] == {} for b in quiet["buckets"])
 
 
-async def test_cost_report_equals_the_rows_for_every_grouping_window_and_reader(workload: Workload) -> None:
+async def test_counterfactual_and_cost_report_equal_the_rows_for_every_grouping_window_and_reader(
+    workload: Workload,
+) -> None:
+    await check_counterfactual(workload)
     w, at = workload, workload.at
     whole = Window(at["T0"] - timedelta(hours=1), w.tomorrow)
     windows = [
@@ -845,7 +901,8 @@ async def test_cost_report_equals_the_rows_for_every_grouping_window_and_reader(
             await check_costs(w, window, group_by, headers, team, extra)
     for window in windows:
         await check_costs(w, window, "team", ADMIN, None)
-    # Day buckets over windows whose every day has requests (see the empty-day test below).
+    # Day buckets over windows whose every day has requests: an empty day is
+    # test_a_cost_bucket_without_requests_has_a_zero_counterfactual.
     for headers, team, extra in readers:
         await check_costs(w, Window(at["T1"], at["T4"] + MICRO), "day", headers, team, extra)
         await check_costs(w, Window(datetime.combine(w.today, time(), UTC), w.tomorrow), "day", headers, team, extra)
@@ -869,8 +926,9 @@ async def test_cost_report_equals_the_rows_for_every_grouping_window_and_reader(
     assert refused["totals"]["requests"] == 1 and refused["totals"]["savings_pct"] is None
 
 
-async def test_windows_are_inclusive_at_start_exclusive_at_end_in_any_iso_spelling(workload: Workload) -> None:
-    w, at = workload, workload.at
+async def check_windows(w: Workload) -> None:
+    """Start inclusive, end exclusive, in any ISO 8601 spelling; the defaults."""
+    at = w.at
     requests, _ = await load(w.svc.db)
     name_of = {uuid.UUID(v): k for k, v in w.ids.items()}
 
@@ -907,24 +965,26 @@ async def test_windows_are_inclusive_at_start_exclusive_at_end_in_any_iso_spelli
     # Defaults: the reports cover the 7 days up to now, the list the last 30.
     for path in ("/v1/reports/escalations", "/v1/reports/costs"):
         report = await get_json(w.svc, path, w.auth["team-a"], group_by="task")
-        start, end = datetime.fromisoformat(report["start"]), datetime.fromisoformat(report["end"])
-        assert end - start == timedelta(days=7) and abs(datetime.now(UTC) - end) < timedelta(minutes=1)
+        default = Window(datetime.fromisoformat(report["start"]), datetime.fromisoformat(report["end"]))
+        assert default.end - default.start == timedelta(days=7)
+        assert abs(datetime.now(UTC) - default.end) < timedelta(minutes=1)
         if path.endswith("escalations"):
-            await check_escalations(w, Window(start, end), "task", w.auth["team-a"], "team-a")
+            await check_escalations(w, default, "task", w.auth["team-a"], "team-a")
         else:
-            await check_costs(w, Window(start, end), "task", w.auth["team-a"], "team-a")
-        assert report["totals"]["requests"] == len([r for r in requests_in(requests, Window(start, end), "team-a")]) - (
-            path.endswith("escalations")  # the pending request is now, but only costs count it
-        )
+            await check_costs(w, default, "task", w.auth["team-a"], "team-a")
+        # Only the requests of the last 7 days; the pending one counts in costs only.
+        recent = requests_in(requests, default, "team-a")
+        assert report["totals"]["requests"] == len(recent) - path.endswith("escalations")
     default_list = {uuid.UUID(i["id"]) for i in await walk(w.svc, ADMIN, 1000)}
     assert default_list == {r["id"] for r in requests} - {uuid.UUID(w.ids["a-confident-2"])}, "T0 is 31 days old"
     only_end = await get_json(w.svc, "/v1/reports/escalations", ADMIN, end=iso(at["T4"]))
     assert datetime.fromisoformat(only_end["start"]) == at["T4"] - timedelta(days=7)
 
 
-async def test_report_parameters_are_validated_with_the_field_at_fault(workload: Workload) -> None:
-    w = workload
-    team_a = w.auth["team-a"]
+async def test_report_parameters_are_validated_with_the_field_at_fault(admin_service: Service) -> None:
+    svc = admin_service
+    team_a = svc.auth
+    await svc.new_key("team-b")
     cases: list[tuple[str, dict[str, str], dict[str, str], str]] = [
         ("/v1/reports/escalations", team_a, {"start": "yesterday"}, "start"),
         ("/v1/reports/costs", team_a, {"end": "2026-13-01"}, "end"),
@@ -952,16 +1012,16 @@ async def test_report_parameters_are_validated_with_the_field_at_fault(workload:
         ("/v1/requests", team_a, {"escalated": "perhaps"}, "escalated"),
     ]
     for path, headers, params, field in cases:
-        body = assert_error(await w.svc.client.get(path, params=params, headers=headers), 422, "invalid_request")
+        body = assert_error(await svc.client.get(path, params=params, headers=headers), 422, "invalid_request")
         assert body["error"].get("field") == field, (path, params, body)
     # The limits themselves are allowed: 400 days, hourly buckets over 31 days, pages of 1 and 1000.
-    await get_json(w.svc, "/v1/reports/escalations", ADMIN, start="2025-01-01", end="2026-02-05")
+    await get_json(svc, "/v1/reports/escalations", ADMIN, start="2025-01-01", end="2026-02-05")
     hourly = await get_json(
-        w.svc, "/v1/reports/escalations", team_a, start="2026-10-01", end="2026-11-01", group_by="hour"
+        svc, "/v1/reports/escalations", team_a, start="2026-10-01", end="2026-11-01", group_by="hour"
     )
     assert len(hourly["buckets"]) == 31 * 24
-    await get_json(w.svc, "/v1/requests", team_a, limit=1)
-    await get_json(w.svc, "/v1/requests", team_a, limit=1000)
+    await get_json(svc, "/v1/requests", team_a, limit=1)
+    await get_json(svc, "/v1/requests", team_a, limit=1000)
     garbage = [
         "garbage",
         "!!!",
@@ -975,25 +1035,27 @@ async def test_report_parameters_are_validated_with_the_field_at_fault(workload:
         encode_cursor(None),
     ]
     for cursor in garbage:
-        body = assert_error(await w.svc.client.get("/v1/requests", params={"cursor": cursor}, headers=team_a), 422)
+        body = assert_error(await svc.client.get("/v1/requests", params={"cursor": cursor}, headers=team_a), 422)
         assert body["error"]["field"] == "cursor", cursor
 
     # ?team=: a team key may name only itself; the admin may name any team that exists.
+    assert (await svc.classify("One for team-a. {{sim:cheap=label=positive+conf=0.9}}")).status_code == 200
+    today = datetime.now(UTC).date()
+    window = {"start": (today - timedelta(days=1)).isoformat(), "end": (today + timedelta(days=1)).isoformat()}
     for path in ("/v1/reports/escalations", "/v1/reports/costs", "/v1/requests"):
-        assert_error(await w.svc.client.get(path, params={"team": "team-b"}, headers=team_a), 403, "forbidden")
-        assert_error(await w.svc.client.get(path, params={"team": "ghost"}, headers=ADMIN), 404, "not_found")
-        assert_error(await w.svc.client.get(path, headers={"Authorization": "Bearer csk_nope"}), 401, "unauthorized")
-        assert_error(await w.svc.client.get(path), 401, "unauthorized")
-        window = Window(w.at["T0"] - timedelta(hours=1), w.tomorrow).params()
-        own = await get_json(w.svc, path, team_a, team="team-a", **window)
-        assert own == await get_json(w.svc, path, team_a, **window)
+        assert_error(await svc.client.get(path, params={"team": "team-b"}, headers=team_a), 403, "forbidden")
+        assert_error(await svc.client.get(path, params={"team": "ghost"}, headers=ADMIN), 404, "not_found")
+        assert_error(await svc.client.get(path, headers={"Authorization": "Bearer csk_nope"}), 401, "unauthorized")
+        assert_error(await svc.client.get(path), 401, "unauthorized")
+        own = await get_json(svc, path, team_a, team="team-a", **window)
+        assert own == await get_json(svc, path, team_a, **window)
 
 
 def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
-async def test_the_request_list_pages_filters_and_exports_agree_with_the_rows(workload: Workload) -> None:
+async def test_the_request_list_pages_filters_exports_and_scoping_agree_with_the_rows(workload: Workload) -> None:
     w = workload
     requests, _ = await load(w.svc.db)
     window = Window(w.at["T0"] - timedelta(hours=1), w.tomorrow)
@@ -1021,13 +1083,15 @@ async def test_the_request_list_pages_filters_and_exports_agree_with_the_rows(wo
         (ADMIN, "team-b", {"team": "team-b"}),
     ]
     for (headers, team, extra), flt in itertools.product(readers, filters):
+        if team == "team-b" and flt not in filters[:3]:
+            continue  # team-b has few rows: every filter is exercised by the admin and team-a
         expected = [canonical(r) for r in listed(requests, window, team, **flt)]
         params = {**params_of(window, flt), **extra}
-        for limit in (1, 4) if not flt else (3,):
+        for limit in (1, 4) if not flt and team is None else (10,):
             items = await walk(w.svc, headers, limit, **params)
             assert all(set(item) == set(COLUMNS) for item in items)
             assert [canonical(item) for item in items] == expected, (team, flt, limit)
-        for how in ("csv", "ndjson", "accept") if team != "team-b" or not flt else ("csv",):
+        for how in ("csv", "ndjson", "accept") if not flt else ("ndjson",) if "escalated" in flt else ("csv",):
             assert await export(w.svc, headers, how, **params) == expected, (team, flt, how)
     everything = await walk(w.svc, ADMIN, 1000, **window.params())
     assert {i["team"] for i in everything} == {"team-a", "team-b"}
@@ -1035,46 +1099,52 @@ async def test_the_request_list_pages_filters_and_exports_agree_with_the_rows(wo
     # Requests moved to the same instant are ordered by id, newest first; a page boundary may fall between them.
     tied = [i for i in everything if datetime.fromisoformat(i["created_at"]) == w.at["T2"]]
     assert len(tied) == 3 and [i["id"] for i in tied] == sorted((i["id"] for i in tied), key=uuid.UUID, reverse=True)
+    await check_scoping(w)
 
 
-async def test_a_team_never_sees_another_teams_rows_and_the_admin_sees_all(workload: Workload) -> None:
-    w = workload
+async def check_scoping(w: Workload) -> None:
+    """The audit of one request: its team and the admin only. (The lists, exports and reports are compared
+    with each team's own rows above and in the report tests.)"""
     window = Window(w.at["T0"] - timedelta(hours=1), w.tomorrow)
     for team, headers in w.auth.items():
-        own = {i for name, i in w.ids.items() if next(c for c in CASES if c.name == name).team == team}
-        listed_ids = {i["id"] for i in await walk(w.svc, headers, 5, **window.params())}
-        assert listed_ids == own
-        for how in ("csv", "ndjson"):
-            assert {str(row[0]) for row in await export(w.svc, headers, how, **window.params())} == own
-        for group_by in ("task", "model", "label", "day"):
-            esc = await get_json(w.svc, "/v1/reports/escalations", headers, group_by=group_by, **window.params())
-            assert esc["team"] == team
-            assert sum(b["requests"] for b in esc["buckets"]) == esc["totals"]["requests"]
-        for group_by in ("task", "day"):
-            cost = await get_json(w.svc, "/v1/reports/costs", headers, group_by=group_by, **window.params())
-            assert cost["team"] == team and cost["totals"]["requests"] == len(own)
-            assert sum(b["requests"] for b in cost["buckets"]) == len(own)
+        for path in ("/v1/reports/escalations", "/v1/reports/costs"):
+            report = await get_json(w.svc, path, headers, group_by="day", **window.params())
+            assert report["team"] == team
     admin = await get_json(w.svc, "/v1/reports/costs", ADMIN, group_by="team", **window.params())
     assert {b["key"]: b["requests"] for b in admin["buckets"]} == Counter(c.team for c in CASES)
 
     for case in CASES:
         request_id = w.ids[case.name]
         other = "team-b" if case.team == "team-a" else "team-a"
-        own_response = await w.svc.client.get(f"/v1/requests/{request_id}", headers=w.auth[case.team])
-        assert own_response.status_code == 200, own_response.text
         assert_error(await w.svc.client.get(f"/v1/requests/{request_id}", headers=w.auth[other]), 404, "not_found")
         admin_response = await w.svc.client.get(f"/v1/requests/{request_id}", headers=ADMIN)
-        assert admin_response.status_code == 200 and admin_response.json() == own_response.json()
-        narrowed = await w.svc.client.get(f"/v1/requests/{request_id}", params={"team": other}, headers=ADMIN)
-        assert_error(narrowed, 404, "not_found")
+        assert admin_response.status_code == 200, admin_response.text
+        if case.name in ("a-low-changed", "b-refused"):
+            own_response = await w.svc.client.get(f"/v1/requests/{request_id}", headers=w.auth[case.team])
+            assert own_response.status_code == 200 and own_response.json() == admin_response.json()
+            narrowed = await w.svc.client.get(f"/v1/requests/{request_id}", params={"team": other}, headers=ADMIN)
+            assert_error(narrowed, 404, "not_found")
 
 
 SYNTHETIC = 2600  # every fifth for team-b: 2080 rows of team-a alone, past the exports' internal page of 2000
 
 
-async def test_exports_stream_every_row_exactly_once_past_the_internal_page(workload: Workload) -> None:
-    w = workload
-    db = w.svc.db
+async def test_exports_stream_every_row_exactly_once_past_the_internal_page(admin_service: Service) -> None:
+    svc = admin_service
+    db = svc.db
+    auth = {"team-a": svc.auth, "team-b": {"Authorization": f"Bearer {await svc.new_key('team-b')}"}}
+    ids = {}
+    for name, sender, directive in (
+        ("escalated", "team-a", "cheap=label=negative+conf=0.3;strong=label=positive+conf=0.9"),
+        ("kept", "team-a", "cheap=label=positive+conf=0.95"),
+        ("other-team", "team-b", "cheap=label=neutral+conf=0.9"),
+    ):
+        body = {"text": f"Export case {name}. {{{{sim:{directive}}}}}", "labels": SENTIMENT}
+        response = await svc.client.post("/v1/classify", json=body, headers=auth[sender])
+        assert response.status_code == 200, response.text
+        ids[name] = response.json()["id"]
+    now = datetime.now(UTC)
+    w = Workload(svc, auth, ids, {}, now.date())
     async with db.transaction() as session:
         team_b = await session.scalar(text("SELECT id FROM teams WHERE name = 'team-b'"))
     # Copies of a real request at three instants a microsecond apart, so pages end inside runs of equal times;
@@ -1095,13 +1165,18 @@ async def test_exports_stream_every_row_exactly_once_past_the_internal_page(work
         WHERE r.id = :source
         """,
         team_b=team_b,
-        at=w.at["T2"] + timedelta(minutes=30),
+        at=now - timedelta(days=2),
         n=SYNTHETIC,
-        source=uuid.UUID(w.ids["a-low-same"]),
+        source=uuid.UUID(ids["escalated"]),
     )
     requests, _ = await load(db)
-    window = Window(w.at["T0"] - timedelta(hours=1), w.tomorrow)
-    for headers, team in ((ADMIN, None), (w.auth["team-a"], "team-a"), (w.auth["team-b"], "team-b")):
+    window = Window(now - timedelta(days=3), w.tomorrow)
+    readers: list[tuple[dict[str, str], str | None]] = [
+        (ADMIN, None),
+        (auth["team-a"], "team-a"),
+        (auth["team-b"], "team-b"),
+    ]
+    for headers, team in readers:
         expected = [canonical(r) for r in listed(requests, window, team)]
         for how in ("csv", "ndjson"):
             rows = await export(w.svc, headers, how, **window.params())
@@ -1114,7 +1189,7 @@ async def test_exports_stream_every_row_exactly_once_past_the_internal_page(work
     escalated_only = await export(w.svc, w.auth["team-a"], "csv", escalated="true", **window.params())
     assert escalated_only == [canonical(r) for r in listed(requests, window, "team-a", escalated=True)]
 
-    # The reports over the same rows: 250 + a few labels, of which only the 200 largest are listed.
+    # The reports over the same rows: 250 + 2 labels, of which only the 200 largest are listed.
     report = await check_escalations(w, window, "label", ADMIN, None)
     assert report["truncated"] is True and len(report["buckets"]) == MAX_BUCKETS
     await check_escalations(w, window, "label", w.auth["team-b"], "team-b")
@@ -1122,29 +1197,60 @@ async def test_exports_stream_every_row_exactly_once_past_the_internal_page(work
     await check_costs(w, window, "team", ADMIN, None)
 
 
-# --- where the code disagrees with the spec -------------------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="costs over a window without requests: None - None in _cost_bucket, a 500")
-async def test_a_cost_report_over_a_window_without_requests_is_zeros(admin_service: Service) -> None:
-    response = await admin_service.client.get(
-        "/v1/reports/costs", params={"start": "2026-01-01", "end": "2026-01-02"}, headers=admin_service.auth
-    )
-    assert response.status_code == 200, response.text
-    totals = response.json()["totals"]
-    assert (totals["requests"], totals["cost_usd"], totals["all_strong_cost_usd"], totals["savings_pct"]) == (
-        0,
-        "0",
-        "0",
-        None,
-    )
-    assert response.json()["break_even"]["basis"] == "nominal"
-
-
-@pytest.mark.xfail(
-    strict=True, reason="an empty day bucket of the cost report has cost_usd '0' but all_strong/savings null"
+@pytest.mark.parametrize(
+    ("params", "accept", "media_type"),
+    [
+        ({"format": "csv"}, None, "text/csv"),
+        ({}, "text/csv", "text/csv"),
+        ({"format": "ndjson"}, None, "application/x-ndjson"),
+    ],
+    ids=["format-csv", "accept-csv", "format-ndjson"],
 )
-async def test_an_empty_day_in_the_cost_report_saves_zero(admin_service: Service) -> None:
+async def test_exports_are_labelled_with_their_media_type(
+    admin_service: Service, params: dict[str, str], accept: str | None, media_type: str
+) -> None:
+    svc = admin_service
+    assert (await svc.classify("Export me. {{sim:cheap=label=positive+conf=0.9}}")).status_code == 200
+    headers = {**svc.auth, **({"accept": accept} if accept else {})}
+    response = await svc.client.get("/v1/requests", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.text.startswith("id,created_at,") == (media_type == "text/csv"), "the body is the export"
+    assert response.headers["content-type"].split(";")[0] == media_type
+
+
+async def test_a_window_without_requests_reports_zeros_and_the_nominal_break_even(admin_service: Service) -> None:
+    svc = admin_service
+    assert (await svc.classify("Outside the window. {{sim:cheap=label=neutral+conf=0.9}}")).status_code == 200
+    window = {"start": "2026-01-01", "end": "2026-01-02T00:00:00.000001"}
+    for headers in (svc.auth, ADMIN):
+        esc = await get_json(svc, "/v1/reports/escalations", headers, **window)
+        assert [b["key"] for b in esc["buckets"]] == ["2026-01-01", "2026-01-02"]
+        for bucket in [*esc["buckets"], esc["totals"]]:
+            assert bucket["requests"] == bucket["decided"] == 0 and bucket["reasons"] == {}
+            assert bucket["escalation_rate"] is bucket["cheap_mean_confidence"] is bucket["changed_share"] is None
+        cost = await get_json(svc, "/v1/reports/costs", headers, group_by="task", **window)
+        assert cost["buckets"] == [] and cost["warnings"] == [] and cost["truncated"] is False
+        totals = cost["totals"]
+        assert (totals["requests"], totals["cost_usd"], totals["models"]) == (0, "0", [])
+        assert totals["cost_mean_usd"] is totals["cost_p50_usd"] is totals["cost_p95_usd"] is None
+        assert totals["savings_pct"] is None
+        catalog, now = Catalog(), datetime.now(UTC)
+        nominal = TokenUsage(input=1000, output=50)
+        cheap = Fraction(catalog.price(svc.settings.cheap_model, now).cost(nominal))
+        strong = Fraction(catalog.price(svc.settings.strong_model, now).cost(nominal))
+        assert cost["break_even"] == {
+            "cheap_model": svc.settings.cheap_model,
+            "strong_model": svc.settings.strong_model,
+            "rate": format(rounded(1 - cheap / strong, 6).normalize(), "f"),
+            "basis": "nominal",
+            "observed_rate": None,
+        }
+
+
+# --- edges: empty buckets, garbage cursors, the ends of the calendar, ties ------------------------------------
+
+
+async def test_a_cost_bucket_without_requests_has_a_zero_counterfactual(admin_service: Service) -> None:
     svc = admin_service
     assert (await svc.classify("A quiet week. {{sim:cheap=label=neutral+conf=0.9}}")).status_code == 200
     today = datetime.now(UTC).date()
@@ -1155,12 +1261,12 @@ async def test_an_empty_day_in_the_cost_report_saves_zero(admin_service: Service
         start=(today - timedelta(days=1)).isoformat(),
         end=(today + timedelta(days=1)).isoformat(),
     )
-    quiet = report["buckets"][0]
-    assert (quiet["requests"], quiet["cost_usd"]) == (0, "0")
-    assert (quiet["all_strong_cost_usd"], quiet["savings_usd"]) == ("0", "0")
+    empty_window = await get_json(svc, "/v1/reports/costs", svc.auth, start="2026-01-01", end="2026-01-02")
+    for quiet in (report["buckets"][0], empty_window["buckets"][0], empty_window["totals"]):
+        assert (quiet["requests"], quiet["cost_usd"], quiet["savings_pct"]) == (0, "0", None)
+        assert (quiet["all_strong_cost_usd"], quiet["savings_usd"]) == ("0", "0")
 
 
-@pytest.mark.xfail(strict=True, reason="Cursor.decode lets AttributeError through for a non-string id: a 500")
 @pytest.mark.parametrize("id_", [5, ["x"]], ids=["int", "list"])
 async def test_a_cursor_with_a_non_string_id_is_422(admin_service: Service, id_: Any) -> None:
     cursor = encode_cursor(["2026-11-02T00:00:00+00:00", id_])
@@ -1168,7 +1274,6 @@ async def test_a_cursor_with_a_non_string_id_is_422(admin_service: Service, id_:
     assert assert_error(response, 422, "invalid_request")["error"]["field"] == "cursor"
 
 
-@pytest.mark.xfail(strict=True, reason="Window.parse: OverflowError at the ends of the calendar is a 500, not a 422")
 @pytest.mark.parametrize(
     "params",
     [
@@ -1184,7 +1289,6 @@ async def test_instants_at_the_ends_of_the_calendar_are_422(admin_service: Servi
         assert_error(response, 422, "invalid_request")
 
 
-@pytest.mark.xfail(strict=True, reason="group_by=team breaks ties by the team's UUID, not by its name (the key)")
 async def test_teams_with_as_many_requests_are_ordered_by_name(admin_service: Service) -> None:
     svc = admin_service
     # Ids in the opposite order of the names, so the two orders differ whatever uuid4 would have drawn.
