@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select, tuple_
 
 from service.database import Database
 from service.errors import InvalidInput, NotFound
@@ -109,13 +109,14 @@ def _query(scope: Scope, flt: RequestFilter) -> Select[*tuple[Any, ...]]:
 
 
 def _after(query: Select[*tuple[Any, ...]], cursor: Cursor | None) -> Select[*tuple[Any, ...]]:
+    """Rows after the cursor in (created_at, id) descending order. The row comparison is the keyset; the
+    redundant bound on created_at lets any created_at index start at the cursor instead of the newest row,
+    so a deep page costs what the first one does."""
     if cursor is None:
         return query
     return query.where(
-        or_(
-            Request.created_at < cursor.created_at,
-            and_(Request.created_at == cursor.created_at, Request.id < cursor.id),
-        )
+        Request.created_at <= cursor.created_at,
+        tuple_(Request.created_at, Request.id) < tuple_(cursor.created_at, cursor.id),
     )
 
 

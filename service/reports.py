@@ -201,33 +201,50 @@ class CostReport:
 _REASONS = [str(r) for r in EscalationReason]
 
 
-def _escalation_sql(group_by: str, scope: Scope) -> str:
-    reasons = ",\n".join(
-        f"count(*) FILTER (WHERE escalated AND escalation_reason = '{r}') AS reason_{r}" for r in _REASONS
-    )
-    return f"""
-        SELECT b, grouping(b) = 1 AS is_total,
-            count(*) AS requests,
-            count(*) FILTER (WHERE status = 'ok') AS answered,
-            count(*) FILTER (WHERE status = 'failed') AS failed,
-            count(*) FILTER (WHERE status = 'refused') AS refused,
-            count(*) FILTER (WHERE escalated OR status = 'ok') AS decided,
-            count(*) FILTER (WHERE escalated) AS escalated,
-            {reasons},
-            count(cheap_confidence) AS cheap_answers,
-            sum(cheap_confidence) AS cheap_confidence_sum,
-            count(*) FILTER (WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL) AS compared,
-            count(*) FILTER (
-                WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL AND label <> cheap_label
-            ) AS changed
-        FROM (
-            SELECT {_bucket_sql(group_by, "created_at")} AS b, status, escalated, escalation_reason,
-                cheap_confidence, cheap_label, label
-            FROM requests
-            WHERE created_at >= :start AND created_at < :end AND status <> 'pending'{scope.sql()}
-        ) r
-        GROUP BY GROUPING SETS ((b), ())
+def _with_totals(columns: dict[str, str], keys: str, inner: str, total_keys: str = "") -> str:
+    """Aggregate `inner` per bucket, then add the totals row by summing the buckets.
+
+    Every column is additive, and summing the few bucket rows lets the per-bucket aggregation run in parallel
+    (GROUPING SETS would not). An empty window has no totals row.
     """
+    per = ",\n".join(f"{expr} AS {name}" for name, expr in columns.items())
+    totals = ",\n".join(
+        f"sum({name})" + ("" if name.endswith("_sum") or name == "cost_usd" else "::bigint") + f" AS {name}"
+        for name in columns
+    )
+    kept = {k.strip() for k in total_keys.split(",")}
+    select_total = ", ".join(k.strip() if k.strip() in kept else "NULL" for k in keys.split(","))
+    return f"""
+        WITH per AS (SELECT {keys}, {per} FROM ({inner}) r GROUP BY {keys})
+        SELECT {keys}, false AS is_total, {", ".join(columns)} FROM per
+        UNION ALL
+        SELECT {select_total}, true, {totals} FROM per {f"GROUP BY {total_keys}" if total_keys else ""}
+        HAVING count(*) > 0
+    """
+
+
+def _escalation_sql(group_by: str, scope: Scope) -> str:
+    columns = {
+        "requests": "count(*)",
+        "answered": "count(*) FILTER (WHERE status = 'ok')",
+        "failed": "count(*) FILTER (WHERE status = 'failed')",
+        "refused": "count(*) FILTER (WHERE status = 'refused')",
+        "decided": "count(*) FILTER (WHERE escalated OR status = 'ok')",
+        "escalated": "count(*) FILTER (WHERE escalated)",
+        **{f"reason_{r}": f"count(*) FILTER (WHERE escalated AND escalation_reason = '{r}')" for r in _REASONS},
+        "cheap_answers": "count(cheap_confidence)",
+        "cheap_confidence_sum": "sum(cheap_confidence)",
+        "compared": "count(*) FILTER (WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL)",
+        "changed": "count(*) FILTER (WHERE escalated AND status = 'ok' AND cheap_label IS NOT NULL "
+        "AND label <> cheap_label)",
+    }
+    inner = f"""
+        SELECT {_bucket_sql(group_by, "created_at")} AS b, status, escalated, escalation_reason,
+            cheap_confidence, cheap_label, label
+        FROM requests
+        WHERE created_at >= :start AND created_at < :end AND status <> 'pending'{scope.sql()}
+    """
+    return _with_totals(columns, "b", inner)
 
 
 def _escalation_bucket(key: str | None, row: Any) -> EscalationBucket:
@@ -289,7 +306,7 @@ class Reports:
     async def costs(self, scope: Scope, window: Window, group_by: str) -> CostReport:
         _check_grouping(group_by, COST_GROUPINGS, scope)
         params = window.params() | scope.params()
-        per_request = "day" if group_by == "model" else group_by  # model buckets come from the attempts
+        per_request = None if group_by == "model" else group_by  # model buckets come from the attempts
         async with self.db.transaction() as session:
             request_rows = (await session.execute(text(_request_cost_sql(per_request, scope)), params)).all()
             attempt_rows = (await session.execute(text(_attempt_cost_sql(group_by, scope)), params)).all()
@@ -388,35 +405,39 @@ def _ordered_keys(
     return keys[:MAX_CATEGORIES], len(keys) > MAX_CATEGORIES
 
 
-def _request_cost_sql(group_by: str, scope: Scope) -> str:
+def _request_cost_sql(group_by: str | None, scope: Scope) -> str:
+    """Per bucket and in total; with `group_by` None, the total alone (one sort for the percentiles, not two)."""
+    bucket = "NULL" if group_by is None else _bucket_sql(group_by, "created_at")
+    grouping = "" if group_by is None else "GROUP BY GROUPING SETS ((b), ())"
+    is_total = "true" if group_by is None else "grouping(b) = 1"
     return f"""
-        SELECT b, grouping(b) = 1 AS is_total, count(*) AS requests,
+        SELECT {"NULL" if group_by is None else "b"} AS b, {is_total} AS is_total, count(*) AS requests,
             sum(cost_usd) AS cost_usd, sum(all_strong_cost_usd) AS all_strong_cost_usd,
             percentile_disc(0.5) WITHIN GROUP (ORDER BY cost_usd) AS p50,
             percentile_disc(0.95) WITHIN GROUP (ORDER BY cost_usd) AS p95,
             count(*) FILTER (WHERE escalated) AS escalated,
             count(*) FILTER (WHERE escalated OR status = 'ok') AS decided
         FROM (
-            SELECT {_bucket_sql(group_by, "created_at")} AS b, cost_usd, all_strong_cost_usd, escalated, status
+            SELECT {bucket} AS b, cost_usd, all_strong_cost_usd, escalated, status
             FROM requests WHERE created_at >= :start AND created_at < :end{scope.sql()}
         ) r
-        GROUP BY GROUPING SETS ((b), ())
+        {grouping}
     """
 
 
 def _attempt_cost_sql(group_by: str, scope: Scope) -> str:
     bucket = "model" if group_by == "model" else _bucket_sql(group_by, "request_created_at")
-    tokens = ",\n".join(f"coalesce(sum({kind}_tokens), 0) AS {kind}" for kind in TOKEN_KINDS)
-    return f"""
-        SELECT b, model, stage, grouping(b) = 1 AS is_total, count(*) AS attempts,
-            coalesce(sum(cost_usd), 0) AS cost_usd,
-            {tokens}
-        FROM (
-            SELECT {bucket} AS b, * FROM attempts
-            WHERE request_created_at >= :start AND request_created_at < :end AND state = 'settled'{scope.sql()}
-        ) a
-        GROUP BY GROUPING SETS ((b, model, stage), (model, stage))
+    columns = {
+        "attempts": "count(*)",
+        "cost_usd": "coalesce(sum(cost_usd), 0)",
+        **{kind: f"coalesce(sum({kind}_tokens), 0)" for kind in TOKEN_KINDS},
+    }
+    inner = f"""
+        SELECT {bucket} AS b, model, stage, cost_usd, {", ".join(f"{kind}_tokens" for kind in TOKEN_KINDS)}
+        FROM attempts
+        WHERE request_created_at >= :start AND request_created_at < :end AND state = 'settled'{scope.sql()}
     """
+    return _with_totals(columns, "b, model, stage", inner, total_keys="model, stage")
 
 
 def _model_request_sql(scope: Scope) -> str:

@@ -16,6 +16,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 MONEY = sa.Numeric(precision=20, scale=10)
+STATISTICS = [
+    ("st_requests_created_day", "requests", "(created_at AT TIME ZONE 'UTC')::date"),
+    ("st_requests_created_hour", "requests", "date_trunc('hour', created_at AT TIME ZONE 'UTC')"),
+    ("st_attempts_request_created_day", "attempts", "(request_created_at AT TIME ZONE 'UTC')::date"),
+]
 
 
 def upgrade() -> None:
@@ -40,9 +45,15 @@ def upgrade() -> None:
     op.create_index("ix_requests_created", "requests", ["created_at"])
     op.create_index("ix_attempts_request_created", "attempts", ["request_created_at"])
     op.create_index("ix_attempts_team_request_created", "attempts", ["team_id", "request_created_at"])
+    # The reports group by these expressions; without statistics on them the planner expects one group per
+    # row and sorts a million rows where a hash table of 30 days would do.
+    for name, table, expression in STATISTICS:
+        op.execute(f"CREATE STATISTICS {name} ON ({expression}) FROM {table}")
 
 
 def downgrade() -> None:
+    for name, _, _ in STATISTICS:
+        op.execute(f"DROP STATISTICS IF EXISTS {name}")
     op.drop_index("ix_attempts_team_request_created", table_name="attempts")
     op.drop_index("ix_attempts_request_created", table_name="attempts")
     op.drop_index("ix_requests_created", table_name="requests")
