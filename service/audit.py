@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, select, tuple_
@@ -46,6 +46,11 @@ LISTED = (
 COLUMNS = tuple(str(c.key) for c in LISTED)
 
 
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that a spreadsheet will not run as a formula (labels come from clients): OWASP's quote."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @dataclass(frozen=True)
 class RequestFilter:
     window: Window
@@ -58,6 +63,10 @@ class RequestFilter:
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
             raise InvalidInput(f"`status` must be one of {', '.join(STATUSES)}", field="status")
+        for name in ("reason", "model", "task"):
+            value = getattr(self, name)
+            if value is not None and ("\x00" in value or len(value) > 255):
+                raise InvalidInput(f"`{name}` must be at most 255 characters, without NUL", field=name)
 
 
 @dataclass(frozen=True)
@@ -78,12 +87,12 @@ class Cursor:
             created_at, id_ = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
             if not (isinstance(created_at, str) and isinstance(id_, str)):
                 raise invalid
-            cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(id_))
-        except (ValueError, TypeError, binascii.Error):
+            at = datetime.fromisoformat(created_at)
+            if at.tzinfo is None:
+                raise invalid
+            return cls(at.astimezone(UTC), uuid.UUID(id_))
+        except (ValueError, TypeError, OverflowError, binascii.Error):
             raise invalid from None
-        if cursor.created_at.tzinfo is None:
-            raise invalid
-        return cursor
 
 
 def _query(scope: Scope, flt: RequestFilter) -> Select[*tuple[Any, ...]]:

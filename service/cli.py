@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import sys
 import uuid
 from decimal import Decimal
@@ -132,6 +134,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     Runtime.check(settings)  # the one clear message, before uvicorn starts
     asyncio.run(_check_schema(settings))
+    if args.workers > 1 and settings.session_secret is None:
+        # Each worker builds its own app; without a shared secret, a dashboard session signed by one worker
+        # would be refused by the others. The workers inherit this process's environment.
+        os.environ["CASCADE_SESSION_SECRET"] = secrets.token_urlsafe(32)
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,

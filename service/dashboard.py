@@ -89,6 +89,9 @@ async def dashboard_view(runtime: Runtime, scope: Scope, days: int, now: datetim
                 savings_pct=spend.savings_pct if spend else None,
             )
         )
+    async with reports.slots:
+        cost_bins = await cost_histogram(runtime.db, scope, window)
+        confidence_bins = await confidence_histogram(runtime.db, scope, window)
     recent, _ = await list_requests(runtime.db, scope, RequestFilter(window), 25)
     teams = [t.name for t in await runtime.teams.list()] if scope.is_admin else []
     return DashboardView(
@@ -100,8 +103,8 @@ async def dashboard_view(runtime: Runtime, scope: Scope, days: int, now: datetim
         costs=costs,
         tasks=tasks,
         caps=await _caps(runtime, scope, now),
-        cost_bins=await cost_histogram(runtime.db, scope, window),
-        confidence_bins=await confidence_histogram(runtime.db, scope, window),
+        cost_bins=cost_bins,
+        confidence_bins=confidence_bins,
         recent=list(recent),
         teams=teams,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 
 # SQLSTATEs of transient failures worth a 503 and a retry: deadlock, serialization, query cancelled.
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "57014", "57P01", "57P02", "57P03"}
+
+
+logger = logging.getLogger(__name__)
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -79,6 +83,7 @@ class Database:
             raise
         except Exception as exc:
             if is_unreachable(exc):
+                logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
                 raise DatabaseUnavailable() from exc
             raise
 

@@ -108,6 +108,8 @@ async def admin_scope(db: Database, team: str | None = None) -> Scope:
     """The admin's view: every team, or the one named."""
     if team is None:
         return Scope(None, admin=True)
+    if "\x00" in team or len(team) > 64:
+        raise NotFound(f"no team named {team[:64]!r}")
     async with db.transaction() as session:
         team_id = await KeyRepository(session).team_id(team)
     if team_id is None:

@@ -8,8 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from service.audit import spreadsheet_safe
 from service.reports import CostBucket, CostReport, EscalationBucket, EscalationReport
 
 ESCALATION_COLUMNS = (
@@ -41,7 +43,7 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, Decimal):
         return format(value.normalize(), "f") if value else "0"
-    return str(value)
+    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
 
 
 def _escalation_row(key: str, b: EscalationBucket) -> list[str]:
@@ -106,7 +108,7 @@ _HUMAN_COLUMNS = {
 
 def print_table(report: EscalationReport | CostReport, console: Console) -> None:
     kind = "escalation" if isinstance(report, EscalationReport) else "cost"
-    title = f"{kind}s by {report.group_by}, {report.team or 'all teams'}"
+    title = escape(f"{kind}s by {report.group_by}, {report.team or 'all teams'}")
     caption = f"{report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC"
     table = Table(title=title, caption=caption)
     table.add_column(report.group_by, overflow="fold")
@@ -114,7 +116,7 @@ def print_table(report: EscalationReport | CostReport, console: Console) -> None
         table.add_column(column, justify="left" if column == "reasons" else "right")
     buckets: list[Any] = list(report.buckets)
     for i, bucket in enumerate(buckets):
-        table.add_row(bucket.key or "(none)", *_human(bucket), end_section=i == len(buckets) - 1)
+        table.add_row(escape(bucket.key or "(none)"), *_human(bucket), end_section=i == len(buckets) - 1)
     table.add_row("total", *_human(report.totals), style="bold")
     console.print(table)
     if isinstance(report, CostReport):

@@ -7,6 +7,7 @@ and all of its attempts count in the period of the request's `created_at` (UTC).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,16 +268,21 @@ def _escalation_bucket(key: str | None, row: Any) -> EscalationBucket:
 
 
 class Reports:
-    def __init__(self, db: Database, catalog: Catalog, cheap_model: str, strong_model: str) -> None:
+    def __init__(
+        self, db: Database, catalog: Catalog, cheap_model: str, strong_model: str, concurrency: int = 2
+    ) -> None:
         self.db = db
         self.catalog = catalog
         self.cheap_model = cheap_model
         self.strong_model = strong_model
+        # Reports scan a lot; at most this many run at once, so they cannot take the connections that the
+        # money path (reserve, settle) needs.
+        self.slots = asyncio.Semaphore(concurrency)
 
     async def escalations(self, scope: Scope, window: Window, group_by: str) -> EscalationReport:
-        _check_grouping(group_by, ESCALATION_GROUPINGS, scope)
+        _check_grouping(group_by, ESCALATION_GROUPINGS, scope, window)
         params = window.params() | scope.params()
-        async with self.db.transaction() as session:
+        async with self.slots, self.db.transaction() as session:
             rows = (await session.execute(text(_escalation_sql(group_by, scope)), params)).all()
             teams = await _team_names(session) if group_by == "team" else {}
             by_key = {row.b: row for row in rows if not row.is_total}
@@ -304,10 +310,10 @@ class Reports:
         )
 
     async def costs(self, scope: Scope, window: Window, group_by: str) -> CostReport:
-        _check_grouping(group_by, COST_GROUPINGS, scope)
+        _check_grouping(group_by, COST_GROUPINGS, scope, window)
         params = window.params() | scope.params()
         per_request = None if group_by == "model" else group_by  # model buckets come from the attempts
-        async with self.db.transaction() as session:
+        async with self.slots, self.db.transaction() as session:
             request_rows = (await session.execute(text(_request_cost_sql(per_request, scope)), params)).all()
             attempt_rows = (await session.execute(text(_attempt_cost_sql(group_by, scope)), params)).all()
             model_rows = (
@@ -385,11 +391,13 @@ class Reports:
         return BreakEven(self.cheap_model, self.strong_model, rate, basis, observed_rate)
 
 
-def _check_grouping(group_by: str, allowed: Sequence[str], scope: Scope) -> None:
+def _check_grouping(group_by: str, allowed: Sequence[str], scope: Scope, window: Window) -> None:
     if group_by not in allowed:
         raise InvalidInput(f"`group_by` must be one of {', '.join(allowed)}", field="group_by")
     if group_by == "team" and not scope.is_admin:
         raise InvalidInput("only the admin can group by team", field="group_by")
+    if group_by == "hour" and window.end - window.start > MAX_HOURLY_SPAN:
+        raise InvalidInput(f"hourly buckets cover at most {MAX_HOURLY_SPAN.days} days", field="group_by")
 
 
 def _ordered_keys(
@@ -398,8 +406,6 @@ def _ordered_keys(
     """Time buckets in order with the gaps filled; other buckets largest first (ties by the key shown), at
     most MAX_CATEGORIES."""
     if group_by in ("hour", "day"):
-        if group_by == "hour" and window.end - window.start > MAX_HOURLY_SPAN:
-            raise InvalidInput(f"hourly buckets cover at most {MAX_HOURLY_SPAN.days} days", field="group_by")
         return _time_keys(group_by, window), False
     keys = sorted(by_key, key=lambda k: (-size(by_key[k]), _key_out(group_by, k, teams) or ""))
     return keys[:MAX_CATEGORIES], len(keys) > MAX_CATEGORIES

@@ -68,7 +68,7 @@ class Runtime:
             teams=Teams(db),
             idempotency=Idempotency(db, budget.clock, settings.reservation_ttl_s),
             limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
-            reports=Reports(db, catalog, settings.cheap_model, settings.strong_model),
+            reports=Reports(db, catalog, settings.cheap_model, settings.strong_model, settings.report_concurrency),
         )
 
     async def start(self) -> None:

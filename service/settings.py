@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     session_ttl_s: int = Field(
         default=8 * 3600, ge=60, validation_alias="CASCADE_SESSION_TTL_S", description="Dashboard session lifetime."
     )
+    report_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        validation_alias="CASCADE_REPORT_CONCURRENCY",
+        description="Report queries one process runs at once; more wait, so reports never take the pool that "
+        "reservations and settles need.",
+    )
     session_cookie_secure: bool = Field(
         default=False,
         validation_alias="CASCADE_SESSION_COOKIE_SECURE",

@@ -15,11 +15,8 @@ from tests.harness import ADMIN, ADMIN_KEY, Service
 playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = os.environ.get("CASCADE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Skipped on a machine without Chromium, unless CASCADE_REQUIRE_BROWSER is set (as .ci/run does).
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CASCADE_REQUIRE_BROWSER"),
-    reason="no Chromium (apt-get install chromium; .ci/run installs it)",
-)
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+
 CHARTS = ("chart-escalation", "chart-caps", "chart-cost", "chart-confidence")
 
 # What each chart plotted, and whether its canvas has any painted pixel.
@@ -36,6 +33,9 @@ CHART_STATE = """(id) => {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
+    """Headless Chromium; skipped on a machine without it, unless CASCADE_REQUIRE_BROWSER is set (as in CI)."""
+    if not HAVE_CHROMIUM and not os.environ.get("CASCADE_REQUIRE_BROWSER"):
+        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
     async with playwright_api.async_playwright() as p:
         launched = await p.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -162,3 +162,23 @@ async def test_sessions_end_with_sign_out_a_revoked_key_or_a_bad_key(admin_servi
     assert revoked.status_code == 204
     await page.goto(f"{base}/dashboard")
     assert await page.locator("#key").count() == 1, "a revoked key's session must end at once"
+
+
+async def test_a_forged_or_garbled_cookie_is_the_sign_in_page(admin_service: Service) -> None:
+    for value in ["x.\u00e9", "e30.deadbeef", "not-a-session", "\u00ff" * 40 + ".00"]:
+        response = await admin_service.client.get(
+            "/dashboard", headers={"cookie": f"cascade_session={value}".encode("latin-1")}
+        )
+        assert response.status_code == 200 and 'id="key"' in response.text, value
+
+
+async def test_sign_in_from_another_site_is_refused(admin_service: Service) -> None:
+    for headers in ({"sec-fetch-site": "cross-site"}, {"origin": "https://evil.example"}):
+        response = await admin_service.client.post("/dashboard/login", data={"key": admin_service.key}, headers=headers)
+        assert response.status_code == 403 and "set-cookie" not in response.headers
+    same = await admin_service.client.post(
+        "/dashboard/login", data={"key": admin_service.key}, headers={"sec-fetch-site": "same-origin"}
+    )
+    assert same.status_code == 303 and "cascade_session=" in same.headers["set-cookie"]
+    attributes = same.headers["set-cookie"].lower()
+    assert "httponly" in attributes and "samesite=strict" in attributes and "path=/dashboard" in attributes

@@ -1309,3 +1309,31 @@ async def test_teams_with_as_many_requests_are_ordered_by_name(admin_service: Se
     for path in ("/v1/reports/escalations", "/v1/reports/costs"):
         report = await get_json(svc, path, ADMIN, group_by="team", **window)
         assert [(b["key"], b["requests"]) for b in report["buckets"]] == [("aa-team", 1), ("zz-team", 1)]
+
+
+async def test_a_cursor_whose_instant_leaves_the_calendar_in_utc_is_422(admin_service: Service) -> None:
+    cursor = encode_cursor(["0001-01-01T00:00:00+05:00", str(uuid.uuid4())])
+    response = await admin_service.client.get("/v1/requests", params={"cursor": cursor}, headers=ADMIN)
+    assert assert_error(response, 422, "invalid_request")["error"]["field"] == "cursor"
+
+
+@pytest.mark.parametrize("field", ["model", "reason", "task"])
+async def test_a_nul_in_a_list_filter_is_422_not_a_database_error(admin_service: Service, field: str) -> None:
+    response = await admin_service.client.get("/v1/requests", params={field: "a\x00b"}, headers=admin_service.auth)
+    assert assert_error(response, 422, "invalid_request")["error"]["field"] == field
+
+
+async def test_an_admin_naming_a_team_with_a_nul_gets_404(admin_service: Service) -> None:
+    response = await admin_service.client.get("/v1/reports/costs", params={"team": "a\x00b"}, headers=ADMIN)
+    assert_error(response, 404, "not_found")
+
+
+async def test_exported_cells_that_a_spreadsheet_would_run_are_quoted(admin_service: Service) -> None:
+    labels = ["=HYPERLINK(1)", "+1", "plain"]
+    sent = await admin_service.classify("{{sim:cheap=label==HYPERLINK(1)+conf=0.99}} x", labels)
+    assert sent.status_code == 200, sent.text
+    exported = await admin_service.client.get("/v1/requests", params={"format": "csv"}, headers=admin_service.auth)
+    row = next(csv.DictReader(io.StringIO(exported.text)))
+    assert row["label"] == "'=HYPERLINK(1)" and row["cheap_label"] == "'=HYPERLINK(1)"
+    page = await admin_service.client.get("/v1/requests", headers=admin_service.auth)
+    assert page.json()["items"][0]["label"] == "=HYPERLINK(1)", "only the CSV cell is quoted"

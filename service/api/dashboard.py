@@ -5,10 +5,12 @@ Pages are HTML, so their errors are HTML pages too; the JSON API keeps its one e
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie
@@ -18,7 +20,7 @@ from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
-from service.api.session import COOKIE, Session, SessionSigner, fingerprint
+from service.api.session import COOKIE, Session, SessionSigner
 from service.audit import request_audit
 from service.budget import utcnow
 from service.dashboard import PERIODS, DashboardView, dashboard_view
@@ -29,7 +31,8 @@ from service.runtime import Runtime
 WEB = Path(__file__).resolve().parent.parent / "web"
 # Scripts and styles only from this origin: the page data is JSON in a non-executable script element.
 _HEADERS = {
-    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
@@ -72,7 +75,8 @@ async def _reader(request: Request[Any, Any, Any], runtime: Runtime, team: str |
         raise Unauthorized("sign in")
     if session.key_id is None:
         admin = runtime.settings.admin_key
-        if admin is None or session.admin_fingerprint != fingerprint(admin.get_secret_value()):
+        fingerprint = _signer(request).fingerprint(admin.get_secret_value()) if admin else None
+        if fingerprint is None or not hmac.compare_digest(session.admin_fingerprint or "", fingerprint):
             raise Unauthorized("the admin key has changed; sign in again")
         return await admin_scope(runtime.db, team), "admin"
     caller = await authenticate(runtime.db, key_id=session.key_id)
@@ -153,18 +157,32 @@ async def request_page(
     return _page("request.html.j2", r=row, attempts=attempts, who=who)
 
 
+def _cross_site(request: Request[Any, Any, Any]) -> bool:
+    """A form posted from another site (login CSRF); browsers say so in Sec-Fetch-Site or Origin."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and origin != "null" and urlsplit(origin).netloc != request.headers.get("host")
+
+
+_CROSS_SITE = "This form can only be sent from the dashboard itself."
+
+
 @post("/login", include_in_schema=False, status_code=303)
 async def login(
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Response[Any]:
+    if _cross_site(request):
+        return _page("error.html.j2", 403, status=403, message=_CROSS_SITE, who=None)
     key = (data.get("key") or "").strip()
     admin = runtime.settings.admin_key
     session: Session | None = None
     try:
         if key and admin is not None and is_admin_key(key, admin.get_secret_value()):
-            session = Session(None, fingerprint(admin.get_secret_value()))
+            session = Session(None, _signer(request).fingerprint(admin.get_secret_value()))
         elif key and (caller := await authenticate(runtime.db, key)) is not None:
             session = Session(caller.key_id)
     except CascadeError as exc:
@@ -185,7 +203,9 @@ async def login(
 
 
 @post("/logout", include_in_schema=False, status_code=303)
-async def logout() -> Redirect:
+async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+    if _cross_site(request):
+        return _page("error.html.j2", 403, status=403, message=_CROSS_SITE, who=None)
     return Redirect("/dashboard", status_code=303, cookies=[Cookie(key=COOKIE, value="", max_age=0, path="/dashboard")])
 
 

@@ -16,7 +16,7 @@ from litestar.response import Stream
 
 from service.api.errors import documented
 from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
-from service.audit import COLUMNS, Cursor, RequestFilter, export_requests, list_requests
+from service.audit import COLUMNS, Cursor, RequestFilter, export_requests, list_requests, spreadsheet_safe
 from service.budget import utcnow
 from service.errors import InvalidInput
 from service.keys import Scope
@@ -71,7 +71,7 @@ def _cell(value: Any) -> str:
         return format(value.normalize(), "f") if value else "0"
     if hasattr(value, "isoformat"):
         return str(value.isoformat())
-    return str(value)
+    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
 
 
 async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[str]:

@@ -23,10 +23,6 @@ logger = logging.getLogger(__name__)
 COOKIE = "cascade_session"
 
 
-def fingerprint(admin_key: str) -> str:
-    return hashlib.sha256(b"cascade-admin:" + admin_key.encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True)
 class Session:
     key_id: uuid.UUID | None  # a team key's id, or None for the admin
@@ -51,13 +47,18 @@ class SessionSigner:
     def _mac(self, payload: bytes) -> str:
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
+    def fingerprint(self, admin_key: str) -> str:
+        """Names the admin key a session was opened with; keyed, so a cookie says nothing about the key."""
+        return self._mac(b"cascade-admin:" + admin_key.encode())[:32]
+
     def issue(self, session: Session) -> str:
         body = {
             "k": str(session.key_id) if session.key_id else None,
             "a": session.admin_fingerprint,
             "exp": int(time.time()) + self.ttl_s,
         }
-        payload = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode())
+        # Unpadded, so the cookie value needs no quoting.
+        payload = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).rstrip(b"=")
         return f"{payload.decode()}.{self._mac(payload)}"
 
     def read(self, value: str | None) -> Session | None:
@@ -65,12 +66,12 @@ class SessionSigner:
         if not value or "." not in value:
             return None
         payload, _, mac = value.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac(payload.encode())):
-            return None
         try:
-            body = json.loads(base64.urlsafe_b64decode(payload))
+            if not hmac.compare_digest(mac.encode(), self._mac(payload.encode()).encode()):
+                return None
+            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
             if int(body["exp"]) < time.time():
                 return None
             return Session(uuid.UUID(body["k"]) if body["k"] else None, body["a"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # UnicodeError is a ValueError
             return None
