@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -84,6 +84,16 @@ class LedgerRepository:
     async def abandon_stale_requests(self, cutoff: datetime, now: datetime) -> int:
         """Requests whose holder died: mark them failed once none of their attempts is still held."""
         held = select(Attempt.id).where(Attempt.request_id == Request.id, Attempt.state == "reserved").exists()
+        # Whether it had escalated, as the holder would have recorded it: the cheap answer's reason, or (a strong
+        # attempt without one) an unavailable cheap model.
+        cheap_reason = (
+            select(Attempt.escalation_reason)
+            .where(Attempt.request_id == Request.id, Attempt.stage == "cheap", Attempt.escalation_reason.is_not(None))
+            .order_by(Attempt.attempt_no.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        strong = select(Attempt.id).where(Attempt.request_id == Request.id, Attempt.stage == "strong").exists()
         result = await self.session.execute(
             update(Request)
             .where(Request.status == "pending", Request.created_at < cutoff, ~held)
@@ -92,6 +102,10 @@ class LedgerRepository:
                 error_type="abandoned",
                 finished_at=now,
                 error_message="the replica serving this request stopped before it finished",
+                escalated=strong | cheap_reason.is_not(None),
+                escalation_reason=case(
+                    (cheap_reason.is_not(None), cheap_reason), (strong, "cheap_unavailable"), else_=None
+                ),
             )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -212,3 +212,23 @@ async def test_a_repeated_settle_charges_once_and_still_finishes_the_request(
     assert request is not None
     assert (request.status, request.cost_usd) == ("ok", Decimal("0.00035"))
     await assert_ledger_invariants(db)
+
+
+async def test_an_abandoned_request_that_had_escalated_counts_as_escalated(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    b, clock = budget(CASCADE_RESERVATION_TTL_S=120)
+    cheap_plan = plan(team)
+    cheap = await b.reserve(cheap_plan, request_row(cheap_plan, clock.now))
+    low = Settlement("answered", TokenUsage(input=10, output=1), escalation_reason="low_confidence")
+    await b.settle(cheap, low)
+    strong_plan = AttemptPlan(
+        cheap_plan.request_id, team, 2, "strong", "claude-sonnet-5-5", input_token_bound=2000, max_tokens=64
+    )
+    await b.reserve(strong_plan)  # the replica dies during the strong call
+    assert await b.sweep(now=clock.now + timedelta(seconds=121)) == 1
+    async with db.transaction() as session:
+        abandoned = await session.get(Request, cheap_plan.request_id)
+    assert abandoned is not None
+    assert (abandoned.status, abandoned.error_type) == ("failed", "abandoned")
+    assert (abandoned.escalated, abandoned.escalation_reason) == (True, "low_confidence")
