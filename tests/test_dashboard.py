@@ -182,3 +182,9 @@ async def test_sign_in_from_another_site_is_refused(admin_service: Service) -> N
     assert same.status_code == 303 and "cascade_session=" in same.headers["set-cookie"]
     attributes = same.headers["set-cookie"].lower()
     assert "httponly" in attributes and "samesite=strict" in attributes and "path=/dashboard" in attributes
+
+
+async def test_a_bad_query_string_on_a_page_is_an_html_page(admin_service: Service) -> None:
+    response = await admin_service.client.get("/dashboard", params={"days": "0"})
+    assert response.status_code == 400 and response.headers["content-type"].startswith("text/html")
+    assert "Invalid request" in response.text

@@ -16,6 +16,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.enums import MediaType, RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -209,8 +210,14 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
     return Redirect("/dashboard", status_code=303, cookies=[Cookie(key=COOKIE, value="", max_age=0, path="/dashboard")])
 
 
+def _invalid(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Pages answer bad query strings and forms with an HTML page too."""
+    return _page("error.html.j2", 400, status=400, message=f"Invalid request: {exc.detail}", who=None)
+
+
 dashboard_router = Router(
     path="/dashboard",
+    exception_handlers={ValidationException: _invalid},
     route_handlers=[
         dashboard,
         request_page,
