@@ -30,8 +30,7 @@ def upgrade() -> None:
     op.add_column("attempts", sa.Column("request_created_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column("attempts", sa.Column("task_hash", sa.String(length=64), nullable=True))
     op.add_column("attempts", sa.Column("strong_equiv_usd", MONEY, nullable=True))
-    # Backfill from the rows already there. The all-strong counterfactual needs the catalog's prices,
-    # so rows written before this revision count 0 towards it (documented in docs/ARCHITECTURE.md).
+    # Backfill from the rows already there.
     op.execute(
         "UPDATE attempts a SET request_created_at = r.created_at, task_hash = r.task_hash "
         "FROM requests r WHERE r.id = a.request_id"
@@ -40,6 +39,7 @@ def upgrade() -> None:
         "UPDATE requests r SET cheap_label = a.label, cheap_confidence = a.confidence FROM attempts a "
         "WHERE a.request_id = r.id AND a.stage = 'cheap' AND a.outcome = 'answered'"
     )
+    _backfill_counterfactual()
     op.alter_column("attempts", "request_created_at", nullable=False)
     op.alter_column("attempts", "task_hash", nullable=False)
     op.create_index("ix_requests_created", "requests", ["created_at"])
@@ -49,6 +49,53 @@ def upgrade() -> None:
     # row and sorts a million rows where a hash table of 30 days would do.
     for name, table, expression in STATISTICS:
         op.execute(f"CREATE STATISTICS {name} ON ({expression}) FROM {table}")
+
+
+def _backfill_counterfactual() -> None:
+    """Price every cheap-stage attempt at its request's strong model, as the service now does when it settles.
+
+    The prices live in the catalog (code, dated rows), so this runs in Python, a batch at a time.
+    """
+    from service.catalog import Catalog, TokenUsage
+    from service.errors import ConfigurationError
+
+    catalog = Catalog()
+    conn = op.get_bind()
+    rows = conn.execute(
+        sa.text(
+            "SELECT a.id, r.strong_model, a.reserved_at, a.input_token_bound, a.max_tokens, a.input_tokens, "
+            "a.cache_write_5m_tokens, a.cache_write_1h_tokens, a.cache_read_tokens, a.output_tokens "
+            "FROM attempts a JOIN requests r ON r.id = a.request_id WHERE a.stage = 'cheap' ORDER BY a.id"
+        )
+    ).all()
+    updates = []
+    for row in rows:
+        try:
+            if row.input_tokens is None:  # unknown outcome: charged at its reservation, so the strong worst case
+                price = catalog.price(row.strong_model, row.reserved_at, row.input_token_bound)
+                equiv = price.worst_case(row.input_token_bound, row.max_tokens)
+            else:
+                usage = TokenUsage(
+                    input=row.input_tokens,
+                    cache_write_5m=row.cache_write_5m_tokens or 0,
+                    cache_write_1h=row.cache_write_1h_tokens or 0,
+                    cache_read=row.cache_read_tokens or 0,
+                    output=row.output_tokens or 0,
+                )
+                equiv = catalog.price(row.strong_model, row.reserved_at, usage.prompt_tokens).cost(usage)
+        except ConfigurationError:  # a model the catalog has no price for: left NULL, counted as 0
+            continue
+        updates.append({"id": row.id, "equiv": equiv})
+    for start in range(0, len(updates), 5000):
+        conn.execute(
+            sa.text("UPDATE attempts SET strong_equiv_usd = :equiv WHERE id = :id"), updates[start : start + 5000]
+        )
+    op.execute(
+        "UPDATE requests r SET all_strong_cost_usd = s.total FROM ("
+        "SELECT request_id, sum(strong_equiv_usd) AS total FROM attempts "
+        "WHERE stage = 'cheap' AND state = 'settled' AND strong_equiv_usd IS NOT NULL GROUP BY request_id"
+        ") s WHERE s.request_id = r.id"
+    )
 
 
 def downgrade() -> None:
