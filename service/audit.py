@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Select, select, tuple_
@@ -46,9 +47,18 @@ LISTED = (
 COLUMNS = tuple(str(c.key) for c in LISTED)
 
 
-def spreadsheet_safe(text: str) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula (labels come from clients): OWASP's quote."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+def csv_cell(value: Any) -> str:
+    """One CSV cell: exact decimals, ISO times, and text a spreadsheet will not run as a formula (labels come
+    from clients; OWASP's leading quote)."""
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f") if value else "0"
+    if isinstance(value, str):
+        return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from service.audit import spreadsheet_safe
+from service.audit import csv_cell
 from service.reports import CostBucket, CostReport, EscalationBucket, EscalationReport
 
 ESCALATION_COLUMNS = (
@@ -38,23 +38,15 @@ COST_COLUMNS = (
 )
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f") if value else "0"
-    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
-
-
 def _escalation_row(key: str, b: EscalationBucket) -> list[str]:
     reasons = " ".join(f"{reason}={n}" for reason, n in sorted(b.reasons.items()))
     values = [key, b.requests, b.decided, b.escalated, b.escalation_rate, reasons]
-    return [_text(v) for v in [*values, b.cheap_mean_confidence, b.compared, b.changed_share]]
+    return [csv_cell(v) for v in [*values, b.cheap_mean_confidence, b.compared, b.changed_share]]
 
 
 def _cost_row(key: str, b: CostBucket) -> list[str]:
     values = [key, b.requests, b.cost_usd, b.cost_mean_usd, b.cost_p50_usd, b.cost_p95_usd]
-    return [_text(v) for v in [*values, b.all_strong_cost_usd, b.savings_usd, b.savings_pct]]
+    return [csv_cell(v) for v in [*values, b.all_strong_cost_usd, b.savings_usd, b.savings_pct]]
 
 
 def rows(report: EscalationReport | CostReport) -> tuple[tuple[str, ...], list[list[str]]]:

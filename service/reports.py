@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.catalog import Catalog, TokenUsage
 from service.database import Database
@@ -482,11 +483,11 @@ def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBuck
     return bucket
 
 
-async def _team_names(session: Any) -> dict[uuid.UUID, str]:
+async def _team_names(session: AsyncSession) -> dict[uuid.UUID, str]:
     return {row.id: row.name for row in await session.execute(text("SELECT id, name FROM teams"))}
 
 
-async def _tasks(session: Any, hashes: list[Any], window: Window, scope: Scope) -> dict[Any, dict[str, Any]]:
+async def _tasks(session: AsyncSession, hashes: list[Any], window: Window, scope: Scope) -> dict[Any, dict[str, Any]]:
     """The label set and instructions behind each task hash (one example row per hash)."""
     if not hashes:
         return {}

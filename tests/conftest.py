@@ -6,7 +6,6 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from service.embedded import asyncpg_url, start_embedded
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import table_names
-from tests.harness import ADMIN_KEY, Service, running_service
+from tests.harness import ADMIN_KEY, Service, running_service, service_settings
 
 
 @pytest.fixture(scope="session")
@@ -85,18 +84,7 @@ def make_settings(database_url: str, sim: Simulator) -> Callable[..., Settings]:
     """Settings for a service under test; keyword overrides use the environment variable names."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "DATABASE_URL": database_url,
-            "ANTHROPIC_API_KEY": "test-key",
-            "ANTHROPIC_BASE_URL": sim.url,
-            "CASCADE_RETRY_BASE_S": 0.01,
-            "CASCADE_RETRY_CAP_S": 0.05,
-            "CASCADE_SWEEP_INTERVAL_S": 3600,
-            "CASCADE_TEAM_BURST": 100_000,
-            "CASCADE_DATA_DIR": str(Path(".cascade-test")),
-        }
-        values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return service_settings(database_url, sim, **overrides)
 
     return make
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,22 @@ from service.tables import Attempt, Cap, Request, Team
 SENTIMENT = ["positive", "negative", "neutral"]
 ADMIN_KEY = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def service_settings(database_url: str, sim: Simulator, **overrides: Any) -> Settings:
+    """Settings for a service under test; keyword overrides use the environment variable names."""
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_BASE_URL": sim.url,
+        "CASCADE_RETRY_BASE_S": 0.01,
+        "CASCADE_RETRY_CAP_S": 0.05,
+        "CASCADE_SWEEP_INTERVAL_S": 3600,
+        "CASCADE_TEAM_BURST": 100_000,
+        "CASCADE_DATA_DIR": str(Path(".cascade-test")),
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def assert_error(response: httpx.Response, status: int, type_: str | None = None) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +44,7 @@ from tests.harness import (
     assert_error,
     assert_ledger_invariants,
     running_service,
+    service_settings,
 )
 
 SPAM = ["spam", "ham"]
@@ -325,19 +325,7 @@ async def seed(svc: Service, make_settings: Callable[..., Settings], database_ur
 
 def settings_for(database_url: str, sim: Simulator, **overrides: Any) -> Settings:
     """The settings tests.conftest.make_settings gives, with the admin key (that fixture is per test)."""
-    values: dict[str, Any] = {
-        "DATABASE_URL": database_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "ANTHROPIC_BASE_URL": sim.url,
-        "CASCADE_RETRY_BASE_S": 0.01,
-        "CASCADE_RETRY_CAP_S": 0.05,
-        "CASCADE_SWEEP_INTERVAL_S": 3600,
-        "CASCADE_TEAM_BURST": 100_000,
-        "CASCADE_DATA_DIR": str(Path(".cascade-test")),
-        "CASCADE_ADMIN_KEY": ADMIN_KEY,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
+    return service_settings(database_url, sim, CASCADE_ADMIN_KEY=ADMIN_KEY, **overrides)
 
 
 @pytest.fixture(scope="module")

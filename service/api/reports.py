@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator, Iterable
-from decimal import Decimal
 from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get
@@ -16,7 +15,7 @@ from litestar.response import Stream
 
 from service.api.errors import documented
 from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
-from service.audit import COLUMNS, Cursor, RequestFilter, export_requests, list_requests, spreadsheet_safe
+from service.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests
 from service.budget import utcnow
 from service.errors import InvalidInput
 from service.keys import Scope
@@ -64,20 +63,10 @@ def _format(request: Request[Any, Any, Any], format_: str | None) -> str:
     return format_
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f") if value else "0"
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())
-    return spreadsheet_safe(value) if isinstance(value, str) else str(value)
-
-
 async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[str]:
     def line(values: Iterable[Any]) -> str:
         buffer = io.StringIO()
-        csv.writer(buffer).writerow([_cell(v) for v in values])
+        csv.writer(buffer).writerow([csv_cell(v) for v in values])
         return buffer.getvalue()
 
     yield line(COLUMNS)
