@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import os
 import signal
 import socket
 import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -16,7 +21,7 @@ from service.database import Database
 from service.keys import hash_key
 from service.simulator import Simulator
 from service.tables import ApiKey
-from tests.harness import SENTIMENT
+from tests.harness import ADMIN, SENTIMENT, Service
 
 CASCADE = str(Path(sys.executable).parent / "cascade")
 
@@ -106,3 +111,34 @@ async def test_serve_answers_classify_over_http(database_url: str, sim: Simulato
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), timeout=30)
+
+
+async def test_report_prints_the_apis_figures_as_json_csv_and_a_table(admin_service: Service) -> None:
+    for text in ["I love it", "{{sim:cheap=conf=0.2}} meh", "terrible"]:
+        assert (await admin_service.classify(text)).status_code == 200
+    env = clean_env(DATABASE_URL=str(admin_service.settings.database_url))
+    today = datetime.now(UTC).date()
+    start, end = (today - timedelta(days=1)).isoformat(), (today + timedelta(days=2)).isoformat()
+    window = {"start": start, "end": end, "group_by": "task"}
+    response = await admin_service.client.get("/v1/reports/costs", params=window, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    api = response.json()
+    args = ("report", "costs", "--since", window["start"], "--until", window["end"], "--group-by", "task")
+
+    code, out, err = await run(*args, "--format", "json", env=env)
+    assert code == 0, err
+    cli = json.loads(out)
+    assert cli["buckets"] == api["buckets"] and cli["totals"] == api["totals"]
+
+    code, out, err = await run(*args, "--format", "csv", env=env)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["bucket"] for r in rows] == [b["key"] for b in api["buckets"]] + ["total"]
+    assert Decimal(rows[-1]["cost_usd"]) == Decimal(api["totals"]["cost_usd"])
+
+    code, out, err = await run(*args, env=env)
+    assert code == 0, err
+    assert "costs by task, all teams" in out and "Break-even escalation rate" in out
+
+    code, _, err = await run("report", "costs", "--group-by", "hour", env=env)
+    assert code == 1 and "group_by" in err
