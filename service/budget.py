@@ -18,6 +18,7 @@ from service.catalog import Catalog, PriceRow, TokenUsage
 from service.database import Database
 from service.errors import CostCapExceeded
 from service.ledger import LedgerRepository
+from service.metrics import CapGauge, LedgerGauges
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,18 @@ def _price_columns(price: PriceRow) -> dict[str, Any]:
 
 class Budget:
     def __init__(
-        self, db: Database, catalog: Catalog, settings: Settings, clock: Callable[[], datetime] = utcnow
+        self,
+        db: Database,
+        catalog: Catalog,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        on_sweep: Callable[[str, Decimal], None] | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.settings = settings
         self.clock = clock
+        self.on_sweep = on_sweep  # told of each worst-case charge the sweeper makes (model, cost)
         self._cap_ids: dict[CapKey, int] = {}
 
     def _cap_amount(self, key: CapKey) -> Decimal:
@@ -306,6 +313,8 @@ class Budget:
                 await CapRepository(session).settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
                 await ledger.add_request_cost(held.request_id, held.reserved_usd, held.strong_equiv_usd)
             swept += 1
+            if self.on_sweep is not None:
+                self.on_sweep(held.model, held.reserved_usd)
         async with self.db.transaction() as session:
             await LedgerRepository(session).abandon_stale_requests(cutoff, now)
         if swept:
@@ -322,6 +331,24 @@ class Budget:
             await caps.lock(ids)  # in id order, like every other statement that touches cap rows
             for key in keys:
                 await caps.set_amount(key, self._cap_amount(key))
+
+    async def gauges(self) -> LedgerGauges:
+        """Every cap row of the current periods, and the reservations held: what /metrics reports."""
+        async with self.db.transaction() as session:
+            rows = await CapRepository(session).current_named(self.clock().date())
+            held, held_usd = await LedgerRepository(session).held_totals()
+        caps = [
+            CapGauge(
+                scope=cap.scope,
+                period=cap.period,
+                team=name or "",
+                cap_usd=cap.cap_usd if cap.cap_usd < UNCAPPED else None,
+                spent_usd=cap.spent_usd,
+                reserved_usd=cap.reserved_usd,
+            )
+            for cap, name in rows
+        ]
+        return LedgerGauges(caps=caps, reservations_held=held, reservations_held_usd=held_usd)
 
     async def status(self, team_id: uuid.UUID | None = None) -> list[Any]:
         async with self.db.transaction() as session:

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.tables import Cap
+from service.tables import Cap, Team
 
 
 @dataclass(frozen=True)
@@ -154,3 +154,17 @@ class CapRepository:
         if team_id is not None:
             query = query.where(Cap.team_id == team_id)
         return list((await self.session.scalars(query.order_by(Cap.scope, Cap.team_id, Cap.period))).all())
+
+    async def current_named(self, day: date) -> list[tuple[Cap, str | None]]:
+        """Every row of the periods containing `day`, with its team's name (None for the global rows)."""
+        month = day.replace(day=1)
+        query = (
+            select(Cap, Team.name)
+            .outerjoin(Team, Team.id == Cap.team_id)
+            .where(
+                ((Cap.period == "day") & (Cap.period_start == day))
+                | ((Cap.period == "month") & (Cap.period_start == month))
+            )
+            .order_by(Cap.scope, Team.name, Cap.period)
+        )
+        return [(row[0], row[1]) for row in await self.session.execute(query)]

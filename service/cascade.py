@@ -23,6 +23,8 @@ from service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from service.logs import annotate
+from service.metrics import Metrics, status_label
 from service.policy import Answer, Defect, EscalationReason, Unavailable, Verdict, escalation, read_answer
 from service.prompt import MessageRequest, Task, build_request
 from service.retry import MIN_ATTEMPT_S, Deadline, retrying
@@ -58,6 +60,7 @@ class AttemptRecord:
     label: str | None = None
     confidence: Decimal | None = None
     escalation_reason: str | None = None
+    http_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,24 +96,63 @@ class _Run:
 
 
 class Cascade:
-    def __init__(self, budget: Budget, upstream: Upstream, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, budget: Budget, upstream: Upstream, catalog: Catalog, settings: Settings, metrics: Metrics
+    ) -> None:
         self.budget = budget
         self.upstream = upstream
         self.settings = settings
+        self.metrics = metrics
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.cheap = catalog.model(settings.cheap_model)
         self.strong = catalog.model(settings.strong_model)
 
     async def classify(self, cmd: ClassifyCommand) -> Classification:
         run = _Run(cmd, created_at=self.budget.clock(), deadline=Deadline.after(self.settings.request_deadline_s))
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+            self._idle.clear()
+        self.metrics.in_flight.inc()
+        outcome, model = "failed", None
         try:
-            return await self._classify(run)
+            result = await self._classify(run)
+            outcome, model = "ok", result.model
+            return result
         except CascadeError as exc:
+            outcome = "refused" if isinstance(exc, CostCapExceeded) and not run.attempts else "failed"
             await self._record_failure(run, exc)
             raise
         except Exception as exc:
             logger.exception("request %s failed unexpectedly", cmd.request_id)
             await self._record_failure(run, CascadeError(f"internal error: {type(exc).__name__}"))
             raise
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.request(outcome, model, run.escalation_reason, time.monotonic() - run.started)
+            annotate(
+                team_id=str(cmd.team_id),
+                task_hash=cmd.task.hash,
+                outcome=outcome,
+                model=model,
+                escalated=run.escalation_reason is not None,
+                escalation_reason=run.escalation_reason,
+                upstream_request_ids=[a.upstream_request_id for a in run.attempts if a.upstream_request_id],
+                attempts=len(run.attempts),
+                cost_usd=str(run.cost),
+            )
+            if task is not None:
+                self._in_flight.discard(task)
+                if not self._in_flight:
+                    self._idle.set()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for classifications in progress (settles included); returns how many remain."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return len(self._in_flight)
 
     async def _classify(self, run: _Run) -> Classification:
         cheap = await self._stage(run, "cheap", self.cheap)
@@ -253,6 +295,16 @@ class Cascade:
                 if attempt == _SETTLE_TRIES - 1:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)
+        previous = next((a for a in reversed(run.attempts) if a.stage == plan.stage), None)
+        self.metrics.attempt(
+            plan.model,
+            plan.stage,
+            status_label(result.http_status, result.outcome),
+            None if previous is None else status_label(previous.http_status, previous.outcome),
+            result.usage,
+            charged,
+            result.latency_ms,
+        )
         run.attempts.append(
             AttemptRecord(
                 attempt_no=plan.attempt_no,
@@ -267,6 +319,7 @@ class Cascade:
                 label=result.label,
                 confidence=result.confidence,
                 escalation_reason=result.escalation_reason,
+                http_status=result.http_status,
             )
         )
 

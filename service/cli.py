@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import sys
@@ -128,24 +129,45 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import tempfile
+
     import uvicorn
 
+    from service import logs
     from service.runtime import Runtime
 
+    logs.configure(settings.log_level)
     Runtime.check(settings)  # the one clear message, before uvicorn starts
     asyncio.run(_check_schema(settings))
     if args.workers > 1 and settings.session_secret is None:
         # Each worker builds its own app; without a shared secret, a dashboard session signed by one worker
         # would be refused by the others. The workers inherit this process's environment.
         os.environ["CASCADE_SESSION_SECRET"] = secrets.token_urlsafe(32)
-    uvicorn.run(
-        "service.api.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-    )
+    with contextlib.ExitStack() as stack:
+        if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # The workers' counters are summed through files here, so any worker's /metrics tells the total.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="cascade-metrics-")
+            )
+        uvicorn.run(
+            "service.api.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop" if _has("uvloop") else "asyncio",
+            http="httptools" if _has("httptools") else "h11",
+            log_config=None,  # logs.configure() owns logging, in this process and in every worker
+            access_log=False,  # the app writes one JSON line per request
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+            backlog=2048,
+        )
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 async def _check_schema(settings: Settings) -> None:

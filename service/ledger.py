@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ class HeldReservation:
     cap_ids: list[int]
     reserved_usd: Decimal
     strong_equiv_usd: Decimal | None = None
+    model: str = ""
 
 
 class LedgerRepository:
@@ -73,13 +74,34 @@ class LedgerRepository:
     async def stale_reservations(self, cutoff: datetime, limit: int) -> list[HeldReservation]:
         """Reservations older than `cutoff`, locked; rows another sweeper holds are skipped."""
         rows = await self.session.execute(
-            select(Attempt.id, Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd, Attempt.strong_equiv_usd)
+            select(
+                Attempt.id,
+                Attempt.request_id,
+                Attempt.cap_ids,
+                Attempt.reserved_usd,
+                Attempt.strong_equiv_usd,
+                Attempt.model,
+            )
             .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff)
             .order_by(Attempt.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd, r.strong_equiv_usd) for r in rows]
+        return [
+            HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd, r.strong_equiv_usd, r.model)
+            for r in rows
+        ]
+
+    async def held_totals(self) -> tuple[int, Decimal]:
+        """How many attempts are reserved and not settled, and the worst case they hold."""
+        row = (
+            await self.session.execute(
+                select(func.count(), func.coalesce(func.sum(Attempt.reserved_usd), 0)).where(
+                    Attempt.state == "reserved"
+                )
+            )
+        ).one()
+        return int(row[0]), Decimal(row[1])
 
     async def abandon_stale_requests(self, cutoff: datetime, now: datetime) -> int:
         """Requests whose holder died: mark them failed once none of their attempts is still held."""

@@ -15,6 +15,7 @@ from service.catalog import Catalog
 from service.database import Database
 from service.errors import ConfigurationError, DatabaseUnavailable
 from service.idempotency import Idempotency
+from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.reports import Reports
 from service.settings import Settings
@@ -35,6 +36,7 @@ class Runtime:
     idempotency: Idempotency
     limiter: RateLimiter
     reports: Reports
+    metrics: Metrics
 
     @staticmethod
     def check(settings: Settings, *, warn: bool = True) -> str:
@@ -58,17 +60,19 @@ class Runtime:
         catalog = Catalog()
         db = Database(db_url, settings)
         upstream = Upstream(api_key, settings.anthropic_base_url, settings.upstream_pool_size)
-        budget = Budget(db, catalog, settings)
+        metrics = Metrics()
+        budget = Budget(db, catalog, settings, on_sweep=metrics.charge)
         return cls(
             settings=settings,
             db=db,
             upstream=upstream,
             budget=budget,
-            cascade=Cascade(budget, upstream, catalog, settings),
+            cascade=Cascade(budget, upstream, catalog, settings, metrics),
             teams=Teams(db),
             idempotency=Idempotency(db, budget.clock, settings.reservation_ttl_s),
             limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
             reports=Reports(db, catalog, settings.cheap_model, settings.strong_model, settings.report_concurrency),
+            metrics=metrics,
         )
 
     async def start(self) -> None:
@@ -101,6 +105,19 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def metrics_text(self) -> bytes:
+        """The /metrics exposition; the database gauges are left out (database_up 0) when it does not answer."""
+        try:
+            gauges = await self.budget.gauges()
+        except DatabaseUnavailable:
+            gauges = None
+        return self.metrics.render(gauges)
+
     async def aclose(self) -> None:
+        """Close the pools, after letting classifications still in progress settle (the server has stopped
+        accepting and has waited its grace period; what it cancelled is settling now)."""
+        left = await self.cascade.drain(max(5.0, self.settings.attempt_timeout_s))
+        if left:
+            logger.warning("closing with %d classifications unsettled; the sweeper will charge them", left)
         await self.upstream.aclose()
         await self.db.dispose()

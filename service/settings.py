@@ -168,6 +168,24 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_TEAM_BURST",
         description="Requests a team may send at once before its rate applies.",
     )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias="CASCADE_SHUTDOWN_GRACE_S",
+        description="On SIGTERM, how long in-flight requests may take to finish before they are cancelled "
+        "(a cancelled attempt is still settled, at its reservation).",
+    )
+    log_level: str = Field(
+        default="INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+        validation_alias="CASCADE_LOG_LEVEL",
+        description="Level of the JSON logs of `cascade serve` (probe and scrape lines are DEBUG).",
+    )
+    log_text: bool = Field(
+        default=False,
+        validation_alias="CASCADE_LOG_TEXT",
+        description="Debugging only: put the classified text in the access line. Keys are never logged.",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, validation_alias="CASCADE_DB_POOL_SIZE", description="SQLAlchemy pool size per process."
     )

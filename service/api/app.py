@@ -11,7 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from service.api import admin, classify, dashboard, health, reports, requests, spend
+from service.api import admin, classify, dashboard, health, metrics, reports, requests, spend
 from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
@@ -49,6 +49,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
             spend.spend,
             health.live,
             health.ready,
+            metrics.metrics,
             admin.admin_router,
             dashboard.dashboard_router,
         ],
@@ -71,7 +72,9 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
 
 def app_from_env() -> Litestar:
     """Factory for `cascade serve` (uvicorn imports it in every worker)."""
+    from service import logs
     from service.database import resolve_url
 
     settings = Settings()
+    logs.configure(settings.log_level)  # a worker process starts with no logging of its own
     return create_app(settings, resolve_url(settings))

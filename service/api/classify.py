@@ -17,6 +17,7 @@ from service.cascade import AttemptRecord, Classification, ClassifyCommand
 from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
 from service.idempotency import body_hash
 from service.keys import Caller
+from service.logs import annotate
 from service.prompt import Task
 from service.runtime import Runtime
 from service.settings import Settings
@@ -115,6 +116,9 @@ async def classify(
     runtime: NamedDependency[Runtime],
     call_id: NamedDependency[uuid.UUID],
 ) -> Response[ClassifyOut]:
+    annotate(team_id=str(caller.team_id), key_id=str(caller.key_id))
+    if runtime.settings.log_text:
+        annotate(text=data.text)
     runtime.limiter.acquire(caller.team_id)
     command = to_command(data, caller, call_id, runtime.settings)
     key = idempotency_key(request.headers)
