@@ -15,13 +15,16 @@ from typing import Any
 
 from service.caps import UNCAPPED, CapKey, CapRepository, TeamCaps, period_keys
 from service.catalog import Catalog, PriceRow, TokenUsage
+from service.charges import ChargeRepository, StaleSnapshot
 from service.database import Database
-from service.errors import CostCapExceeded
+from service.errors import CostCapExceeded, DatabaseUnavailable
 from service.ledger import LedgerRepository
 from service.metrics import CapGauge, LedgerGauges
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+_RESERVE_TRIES = 5
 
 
 def utcnow() -> datetime:
@@ -148,40 +151,53 @@ class Budget:
     ) -> Reservation:
         day = at.date()
         keys = [key for key, _ in applicable]
+        ids = await self._cap_row_ids(applicable)
+        attempt = {
+            "request_id": plan.request_id,
+            "team_id": plan.team_id,
+            "request_created_at": plan.request_created_at or at,
+            "task_hash": plan.task_hash,
+            "attempt_no": plan.attempt_no,
+            "stage": plan.stage,
+            "model": plan.model,
+            "state": "reserved",
+            "cap_ids": ids,
+            "billing_day": day,
+            "reserved_usd": amount,
+            "input_token_bound": plan.input_token_bound,
+            "max_tokens": plan.max_tokens,
+            "reserved_at": at,
+            "strong_equiv_usd": strong_equiv,
+            **_price_columns(price),
+        }
+        # One statement: all the cap rows and the ledger rows, or nothing. It is run again when it saw a cap
+        # row older than the one it locked (see service.charges); that takes concurrent commits near a cap.
+        for _ in range(_RESERVE_TRIES):
+            try:
+                async with self.db.autocommit() as session:
+                    result = await ChargeRepository(session).reserve(ids, amount, attempt, new_request)
+            except StaleSnapshot:
+                continue
+            if not result.complete:
+                raise _StaleCapRows
+            if result.attempt_id is not None:
+                break
+            refused = {i: room for i, room in result.remaining.items() if room < amount}
+            if refused:
+                raise self._refusal(keys, ids, refused, amount)
+        else:
+            raise DatabaseUnavailable("the cap rows are too contended to reserve on; retry")
+        return Reservation(
+            result.attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound, plan.strong_model
+        )
+
+    async def _cap_row_ids(self, applicable: list[tuple[CapKey, Decimal]]) -> list[int]:
+        """The cap rows' ids, creating a period's rows on its first charge (cached after that)."""
+        if all(key in self._cap_ids for key, _ in applicable):
+            return [self._cap_ids[key] for key, _ in applicable]
         async with self.db.transaction() as session:
             caps = CapRepository(session)
-            ledger = LedgerRepository(session)
-            ids = [await self._cap_id(caps, key, cap_usd) for key, cap_usd in applicable]
-            refused, missing = await caps.reserve(ids, amount)
-            if missing:
-                raise _StaleCapRows
-            if refused:
-                raise self._refusal(keys, ids, refused, amount)  # leaving the block rolls everything back
-            if new_request is not None:
-                await ledger.add_request(new_request)
-            attempt_id = await ledger.add_attempt(
-                {
-                    "request_id": plan.request_id,
-                    "team_id": plan.team_id,
-                    "request_created_at": plan.request_created_at or at,
-                    "task_hash": plan.task_hash,
-                    "attempt_no": plan.attempt_no,
-                    "stage": plan.stage,
-                    "model": plan.model,
-                    "state": "reserved",
-                    "cap_ids": ids,
-                    "billing_day": day,
-                    "reserved_usd": amount,
-                    "input_token_bound": plan.input_token_bound,
-                    "max_tokens": plan.max_tokens,
-                    "reserved_at": at,
-                    "strong_equiv_usd": strong_equiv,
-                    **_price_columns(price),
-                }
-            )
-        return Reservation(
-            attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound, plan.strong_model
-        )
+            return [await self._cap_id(caps, key, cap_usd) for key, cap_usd in applicable]
 
     async def _cap_id(self, caps: CapRepository, key: CapKey, amount: Decimal) -> int:
         cached = self._cap_ids.get(key)
@@ -241,38 +257,40 @@ class Budget:
                 "cache_read_tokens": result.usage.cache_read,
                 "output_tokens": result.usage.output,
             }
-        async with self.db.transaction() as session:
-            ledger = LedgerRepository(session)
-            held = await ledger.settle_attempt(
-                reservation.attempt_id,
-                {
-                    "outcome": result.outcome,
-                    "http_status": result.http_status,
-                    "stop_reason": result.stop_reason,
-                    "label": result.label,
-                    "confidence": result.confidence,
-                    "escalation_reason": result.escalation_reason,
-                    "upstream_request_id": result.upstream_request_id,
-                    "latency_ms": result.latency_ms,
-                    "error_message": result.error_message,
-                    "cost_usd": cost,
-                    "settled_by": "holder",
-                    "settled_at": self.clock(),
-                    **price_cols,
-                    **tokens,
-                },
+        values = {
+            "outcome": result.outcome,
+            "http_status": result.http_status,
+            "stop_reason": result.stop_reason,
+            "label": result.label,
+            "confidence": result.confidence,
+            "escalation_reason": result.escalation_reason,
+            "upstream_request_id": result.upstream_request_id,
+            "latency_ms": result.latency_ms,
+            "error_message": result.error_message,
+            "cost_usd": cost,
+            "settled_by": "holder",
+            "settled_at": self.clock(),
+            **price_cols,
+            **tokens,
+        }
+        # One statement: the ledger row, the cap rows, the request's cost and (if it ends the request) outcome.
+        async with self.db.autocommit() as session:
+            settled = await ChargeRepository(session).settle(
+                reservation.attempt_id, reservation.request_id, cost, values, finish
             )
-            if held is None:
-                # Settled already: by this holder, whose commit went through but whose acknowledgement was
-                # lost (then this is a retry), or by the sweeper. Either way nothing is charged again.
-                settled_by, cost = await ledger.settlement_of(reservation.attempt_id)
-                if settled_by == "sweeper":
-                    logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
-            else:
-                await CapRepository(session).settle(held.cap_ids, held.reserved_usd, cost)
-                await ledger.add_request_cost(held.request_id, cost, held.strong_equiv_usd)
-            if finish is not None:
-                await ledger.finish_request(reservation.request_id, finish)
+        if not settled.settled_now:
+            # Settled already: by this holder, whose commit went through but whose acknowledgement was lost
+            # (then this is a retry), or by the sweeper. Either way nothing is charged again.
+            if settled.settled_by == "sweeper":
+                logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
+            cost = settled.cost_usd
+        elif settled.caps_charged != settled.caps_expected:
+            logger.error(
+                "attempt %s: %d of its %d cap rows were found to charge",
+                reservation.attempt_id,
+                settled.caps_charged,
+                settled.caps_expected,
+            )
         return cost
 
     async def record_request(

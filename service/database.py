@@ -72,13 +72,30 @@ class Database:
             connect_args={"timeout": settings.db_timeout_s, "command_timeout": settings.db_timeout_s * 2},
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool, without BEGIN/COMMIT round trips: for work that is one statement (atomic by itself).
+        self._statements = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A short transaction, committed on success; connectivity failures become DatabaseUnavailable."""
+        async with self._translated(), self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncSession]:
+        """A session whose every statement commits by itself: one round trip for one atomic statement.
+
+        Only for single statements (or independent reads); several statements here are several transactions.
+        """
+        async with self._translated(), self._statements() as session:
+            yield session
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
         try:
-            async with self._sessions() as session, session.begin():
-                yield session
+            yield
         except DatabaseUnavailable:
             raise
         except Exception as exc:

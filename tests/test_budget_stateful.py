@@ -143,8 +143,10 @@ def fingerprint(
     state: tuple[list[Cap], list[Attempt], list[Request]],
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     caps, attempts, requests = state
+    # A period's cap rows are created (empty) before its first reservation is tried, and stay if it is refused:
+    # a row that holds and has spent nothing is no money moved.
     return (
-        [(c.id, c.spent_usd, c.reserved_usd, c.overrun_usd, c.cap_usd) for c in caps],
+        [(c.id, c.spent_usd, c.reserved_usd, c.overrun_usd, c.cap_usd) for c in caps if c.spent_usd or c.reserved_usd],
         [(a.id, a.state, a.cost_usd, a.settled_by, a.outcome) for a in attempts],
         [(r.id, r.cost_usd) for r in requests],
     )

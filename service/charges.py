@@ -1,0 +1,210 @@
+"""The two statements that move money on the request path, each one atomic statement in one round trip.
+
+`reserve` locks the applicable cap rows in id order, holds the worst case on all of them or on none, and writes
+the attempt's ledger row (and, for a request's first attempt, the request row). `settle` marks the attempt
+settled, moves its reservation to spent on the same cap rows, adds the cost to the request, and records the
+request's outcome when the attempt ends it. Each runs in autocommit: a single statement is atomic by itself, and
+the hot global cap rows stay locked only while PostgreSQL executes it, never while this process waits on the
+network. Under READ COMMITTED, `FOR UPDATE` returns each row's latest committed version, so the room check
+sees every concurrent reservation and settle, and no cap can be overshot.
+
+The UPDATE repeats the room check on each row. PostgreSQL computes an updated row from the statement's snapshot
+(and checks the table's CHECK constraints on it) before it finds a newer committed version and recomputes from
+that one; the repeated check keeps a stale version from failing `ck_caps_within_cap`. A row skipped that way
+would make the reservation partial, so `tally` fails the statement instead, and the caller runs it again with
+a fresh snapshot. For the same reason a refusal that no locked row explains is retried.
+
+SQL only; the caller decides what to do with the result. The columns and their casts come from the tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy.exc
+from sqlalchemy import Table, TextClause, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.tables import Attempt, Request
+
+_REQUESTS: Table = Request.__table__  # type: ignore[assignment]
+_ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
+_DIVISION_BY_ZERO = "22012"  # the partial-reservation guard
+
+
+class StaleSnapshot(Exception):
+    """The statement saw a cap row older than the one it locked; running it again decides correctly."""
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    attempt_id: int | None  # None: refused, or a cap row is missing
+    remaining: dict[int, Decimal]  # each cap row's room before this reservation
+    complete: bool  # every cap row id exists
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    settled_now: bool  # False: it had been settled already (a retried settle, or the sweeper)
+    cost_usd: Decimal  # what the attempt is charged, by this settle or the earlier one
+    settled_by: str | None
+    caps_expected: int
+    caps_charged: int
+
+
+def _params(table: Table, prefix: str, columns: tuple[str, ...]) -> list[Any]:
+    """Typed parameters for the named columns (a name that is not a column raises KeyError)."""
+    return [bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in columns]
+
+
+def _placeholders(prefix: str, columns: tuple[str, ...]) -> str:
+    return ", ".join(f":{prefix}{c}" for c in columns)
+
+
+@functools.lru_cache(maxsize=16)
+def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, ...]) -> TextClause:
+    insert_request = (
+        f"""
+        request AS (
+            INSERT INTO requests ({", ".join(request_columns)})
+            SELECT {_placeholders("r_", request_columns)} FROM tally WHERE tally.whole
+            ON CONFLICT (id) DO NOTHING
+        ),"""
+        if request_columns
+        else ""
+    )
+    sql = f"""
+        WITH locked AS (
+            SELECT id, cap_usd - spent_usd - reserved_usd AS remaining
+            FROM caps WHERE id = ANY(:cap_ids) ORDER BY id FOR UPDATE
+        ),
+        verdict AS (
+            SELECT count(*) = :cap_count AS complete, coalesce(bool_and(remaining >= :amount), false) AS fits
+            FROM locked
+        ),
+        reserved AS (
+            UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
+            FROM locked, verdict
+            WHERE caps.id = locked.id AND verdict.complete AND verdict.fits
+              AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
+            RETURNING caps.id
+        ),
+        tally AS (
+            SELECT count(*) = :cap_count AS whole,
+                   -- A partial reservation must never commit: dividing by zero fails the whole statement.
+                   1 / (CASE WHEN count(*) IN (0, :cap_count) THEN 1 ELSE 0 END) AS guard
+            FROM reserved
+        ),{insert_request}
+        attempt AS (
+            INSERT INTO attempts ({", ".join(attempt_columns)})
+            SELECT {_placeholders("a_", attempt_columns)} FROM tally WHERE tally.whole
+            RETURNING id
+        )
+        SELECT (SELECT id FROM attempt) AS attempt_id, verdict.complete, tally.guard,
+               locked.id AS cap_id, locked.remaining
+        FROM verdict CROSS JOIN tally LEFT JOIN locked ON true
+    """
+    return text(sql).bindparams(
+        bindparam("cap_ids", type_=_ATTEMPTS.c.cap_ids.type),
+        bindparam("amount", type_=_ATTEMPTS.c.reserved_usd.type),
+        *_params(_REQUESTS, "r_", request_columns),
+        *_params(_ATTEMPTS, "a_", attempt_columns),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ...]) -> TextClause:
+    set_attempt = ", ".join(f"{c} = :a_{c}" for c in attempt_columns)
+    set_request = "".join(f", {c} = :r_{c}" for c in request_columns)
+    sql = f"""
+        WITH held AS (
+            UPDATE attempts SET state = 'settled', {set_attempt}
+            WHERE id = :attempt_id AND state = 'reserved'
+            RETURNING request_id, cap_ids, reserved_usd, strong_equiv_usd
+        ),
+        locked AS (
+            SELECT caps.id FROM caps, held WHERE caps.id = ANY(held.cap_ids) ORDER BY caps.id FOR UPDATE OF caps
+        ),
+        charged AS (
+            UPDATE caps
+            SET spent_usd = caps.spent_usd + :cost,
+                reserved_usd = caps.reserved_usd - held.reserved_usd,
+                overrun_usd = caps.overrun_usd + GREATEST(0,
+                    caps.spent_usd + :cost + caps.reserved_usd - held.reserved_usd - caps.cap_usd - caps.overrun_usd),
+                updated_at = now()
+            FROM locked, held
+            WHERE caps.id = locked.id
+            RETURNING caps.id
+        ),
+        request AS (
+            UPDATE requests
+            SET cost_usd = requests.cost_usd + coalesce((SELECT :cost FROM held), 0),
+                all_strong_cost_usd = requests.all_strong_cost_usd
+                    + coalesce((SELECT held.strong_equiv_usd FROM held), 0){set_request}
+            WHERE requests.id = :request_id
+            RETURNING requests.id
+        )
+        SELECT (SELECT count(*) FROM held) AS settled_now,
+               (SELECT cardinality(held.cap_ids) FROM held) AS caps_expected,
+               (SELECT count(*) FROM charged) AS caps_charged,
+               attempts.settled_by, attempts.cost_usd
+        FROM attempts WHERE attempts.id = :attempt_id
+    """
+    return text(sql).bindparams(
+        bindparam("cost", type_=_ATTEMPTS.c.cost_usd.type),
+        bindparam("request_id", type_=_REQUESTS.c.id.type),
+        *_params(_ATTEMPTS, "a_", attempt_columns),
+        *_params(_REQUESTS, "r_", request_columns),
+    )
+
+
+class ChargeRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def reserve(
+        self, cap_ids: list[int], amount: Decimal, attempt: dict[str, Any], new_request: dict[str, Any] | None
+    ) -> ReserveResult:
+        request = new_request or {}
+        statement = _reserve_sql(tuple(request), tuple(attempt))
+        params: dict[str, Any] = {"cap_ids": cap_ids, "cap_count": len(cap_ids), "amount": amount}
+        params |= {f"r_{k}": v for k, v in request.items()}
+        params |= {f"a_{k}": v for k, v in attempt.items()}
+        try:
+            rows = (await self.session.execute(statement, params)).all()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _DIVISION_BY_ZERO:
+                raise StaleSnapshot from exc
+            raise
+        return ReserveResult(
+            attempt_id=rows[0].attempt_id,
+            remaining={r.cap_id: r.remaining for r in rows if r.cap_id is not None},
+            complete=bool(rows[0].complete),
+        )
+
+    async def settle(
+        self,
+        attempt_id: int,
+        request_id: uuid.UUID,
+        cost: Decimal,
+        attempt: dict[str, Any],
+        finish: dict[str, Any] | None,
+    ) -> SettleResult:
+        request = finish or {}
+        statement = _settle_sql(tuple(attempt), tuple(request))
+        params: dict[str, Any] = {"attempt_id": attempt_id, "request_id": request_id, "cost": cost}
+        params |= {f"a_{k}": v for k, v in attempt.items()}
+        params |= {f"r_{k}": v for k, v in request.items()}
+        row = (await self.session.execute(statement, params)).one()
+        settled_now = bool(row.settled_now)
+        return SettleResult(
+            settled_now=settled_now,
+            cost_usd=cost if settled_now else (row.cost_usd if row.cost_usd is not None else Decimal(0)),
+            settled_by="holder" if settled_now else row.settled_by,
+            caps_expected=int(row.caps_expected or 0),
+            caps_charged=int(row.caps_charged or 0),
+        )
