@@ -5,6 +5,7 @@ Each method is one short transaction; no connection is held while the model is c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -108,6 +109,9 @@ class Budget:
         self.clock = clock
         self.on_sweep = on_sweep  # told of each worst-case charge the sweeper makes (model, cost)
         self._cap_ids: dict[CapKey, int] = {}
+        # Every reserve and settle locks the same global cap rows. Past a few at once, more only queue inside
+        # PostgreSQL as a lock convoy (each waiter a backend to wake, on the same cores); they wait here instead.
+        self._money_slots = asyncio.Semaphore(settings.money_concurrency)
 
     def _cap_amount(self, key: CapKey) -> Decimal:
         return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
@@ -174,8 +178,8 @@ class Budget:
         # row older than the one it locked (see service.charges); that takes concurrent commits near a cap.
         for _ in range(_RESERVE_TRIES):
             try:
-                async with self.db.autocommit() as session:
-                    result = await ChargeRepository(session).reserve(ids, amount, attempt, new_request)
+                async with self._money_slots, self.db.autocommit() as connection:
+                    result = await ChargeRepository(connection).reserve(ids, amount, attempt, new_request)
             except StaleSnapshot:
                 continue
             if not result.complete:
@@ -274,8 +278,8 @@ class Budget:
             **tokens,
         }
         # One statement: the ledger row, the cap rows, the request's cost and (if it ends the request) outcome.
-        async with self.db.autocommit() as session:
-            settled = await ChargeRepository(session).settle(
+        async with self._money_slots, self.db.autocommit() as connection:
+            settled = await ChargeRepository(connection).settle(
                 reservation.attempt_id, reservation.request_id, cost, values, finish
             )
         if not settled.settled_now:

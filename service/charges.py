@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import Table, TextClause, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.tables import Attempt, Request
 
@@ -163,8 +163,8 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
 
 
 class ChargeRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
 
     async def reserve(
         self, cap_ids: list[int], amount: Decimal, attempt: dict[str, Any], new_request: dict[str, Any] | None
@@ -175,7 +175,7 @@ class ChargeRepository:
         params |= {f"r_{k}": v for k, v in request.items()}
         params |= {f"a_{k}": v for k, v in attempt.items()}
         try:
-            rows = (await self.session.execute(statement, params)).all()
+            rows = (await self.connection.execute(statement, params)).all()
         except sqlalchemy.exc.DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) == _DIVISION_BY_ZERO:
                 raise StaleSnapshot from exc
@@ -199,7 +199,7 @@ class ChargeRepository:
         params: dict[str, Any] = {"attempt_id": attempt_id, "request_id": request_id, "cost": cost}
         params |= {f"a_{k}": v for k, v in attempt.items()}
         params |= {f"r_{k}": v for k, v in request.items()}
-        row = (await self.session.execute(statement, params)).one()
+        row = (await self.connection.execute(statement, params)).one()
         settled_now = bool(row.settled_now)
         return SettleResult(
             settled_now=settled_now,

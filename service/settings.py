@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_LOG_TEXT",
         description="Debugging only: put the classified text in the access line. Keys are never logged.",
     )
+    money_concurrency: int = Field(
+        default=4,
+        ge=1,
+        validation_alias="CASCADE_MONEY_CONCURRENCY",
+        description="Reserve and settle statements one process runs at once (they all lock the global cap rows; "
+        "more at once only queue inside PostgreSQL). Keep it at or below CASCADE_DB_POOL_SIZE.",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, validation_alias="CASCADE_DB_POOL_SIZE", description="SQLAlchemy pool size per process."
     )

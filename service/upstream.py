@@ -10,7 +10,6 @@ from typing import Any
 
 import anthropic
 import httpx2
-from anthropic.types import Message
 
 from service.catalog import TokenUsage
 from service.prompt import MessageRequest
@@ -94,17 +93,48 @@ def _outcome_for(status: int) -> str:
     }.get(status, "server_error" if status >= 500 else "client_error")
 
 
-def _usage(message: Message) -> TokenUsage:
-    usage = message.usage
-    split = usage.cache_creation
-    cw5m = split.ephemeral_5m_input_tokens if split else (usage.cache_creation_input_tokens or 0)
-    cw1h = split.ephemeral_1h_input_tokens if split else 0
-    return TokenUsage(
-        input=usage.input_tokens,
-        cache_write_5m=cw5m,
-        cache_write_1h=cw1h,
-        cache_read=usage.cache_read_input_tokens or 0,
-        output=usage.output_tokens,
+def _count(fields: dict[str, Any], name: str) -> int:
+    value = fields.get(name) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"usage.{name} is not a token count")
+    return value
+
+
+def read_message(body: object) -> tuple[str | None, str | None, TokenUsage]:
+    """The text, stop reason and usage of a Messages API body, read straight from its JSON.
+
+    The SDK's typed `Message` costs a model construction per call on the hot path and checks nothing; this reads
+    the three things the cascade needs and refuses (ValueError) a body that does not carry them.
+    """
+    if not isinstance(body, dict) or body.get("type") != "message" or not isinstance(body.get("content"), list):
+        raise ValueError("not a Message")
+    text = next(
+        (
+            block["text"]
+            for block in body["content"]
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
+        ),
+        None,
+    )
+    stop_reason = body.get("stop_reason")
+    usage = body.get("usage")
+    if not isinstance(usage, dict) or (stop_reason is not None and not isinstance(stop_reason, str)):
+        raise ValueError("a Message without usage or with a bad stop_reason")
+    split = usage.get("cache_creation")
+    if isinstance(split, dict):
+        cw5m, cw1h = _count(split, "ephemeral_5m_input_tokens"), _count(split, "ephemeral_1h_input_tokens")
+    else:
+        cw5m, cw1h = _count(usage, "cache_creation_input_tokens"), 0
+    return (
+        text,
+        stop_reason,
+        TokenUsage(
+            input=_count(usage, "input_tokens"),
+            cache_write_5m=cw5m,
+            cache_write_1h=cw1h,
+            cache_read=_count(usage, "cache_read_input_tokens"),
+            output=_count(usage, "output_tokens"),
+        ),
     )
 
 
@@ -126,9 +156,7 @@ class Upstream:
                 raw = await self._client.messages.with_raw_response.create(
                     **body, timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
                 )
-                message = await raw.parse()
-            text = next((block.text for block in message.content if block.type == "text"), None)
-            usage = _usage(message)
+                text, stop_reason, usage = read_message(raw.http_response.json())
         except anthropic.APIStatusError as exc:
             raise UpstreamFailure(
                 _outcome_for(exc.status_code),
@@ -164,7 +192,7 @@ class Upstream:
             ) from exc
         return UpstreamReply(
             text=text,
-            stop_reason=message.stop_reason,
+            stop_reason=stop_reason,
             usage=usage,
             request_id=raw.headers.get("request-id"),
             latency_ms=_ms_since(started),
