@@ -303,8 +303,8 @@ def test_every_variable_set_on_the_service_is_a_setting(compose: dict[str, Any])
 
 
 def test_secrets_pass_through_and_nothing_defaults_to_empty(compose: dict[str, Any]) -> None:
-    # An empty value is a value to pydantic-settings: ANTHROPIC_BASE_URL="" breaks every upstream call and
-    # CASCADE_SESSION_SECRET="" signs sessions with an empty key. Unset variables must stay unset.
+    # Unset variables stay unset in the container (the service would also treat an empty one as unset, see
+    # test_an_empty_variable_counts_as_unset), so the container's environment shows only what was configured.
     lines = [line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")]
     assert not re.findall(r"\$\{\w+:?-\}", "\n".join(lines)), "no ${VAR:-} / ${VAR-} defaults to empty"
     env = environment(service(compose, "cascade"))
@@ -495,3 +495,15 @@ def test_a_compose_implementation_accepts_the_file(validator: list[str], tmp_pat
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(yaml.safe_dump(document))
     assert run_compose(validator, broken, "config", "--quiet").returncode != 0
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "")
+    monkeypatch.setenv("CASCADE_SESSION_SECRET", "")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.anthropic_api_key is None
+    assert settings.anthropic_base_url is None
+    assert settings.session_secret is None
