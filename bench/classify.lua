@@ -1,4 +1,4 @@
--- wrk script for bench/service.py: POST a fixed JSON body with fixed headers, count responses by status, and
+-- wrk script for bench/gateway.py: POST a fixed JSON body with fixed headers, count responses by status, and
 -- print one parseable summary line at the end.
 --
 --   wrk --latency -t 2 -c 64 -d 15s -s bench/classify.lua http://127.0.0.1:8000/v1/classify -- BODY_FILE \

