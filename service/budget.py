@@ -279,22 +279,14 @@ class Budget:
         }
         # One statement: the ledger row, the cap rows, the request's cost and (if it ends the request) outcome.
         async with self._money_slots, self.db.autocommit() as connection:
-            settled = await ChargeRepository(connection).settle(
-                reservation.attempt_id, reservation.request_id, cost, values, finish
-            )
-        if not settled.settled_now:
-            # Settled already: by this holder, whose commit went through but whose acknowledgement was lost
-            # (then this is a retry), or by the sweeper. Either way nothing is charged again.
-            if settled.settled_by == "sweeper":
-                logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
-            cost = settled.cost_usd
-        elif settled.caps_charged != settled.caps_expected:
-            logger.error(
-                "attempt %s: %d of its %d cap rows were found to charge",
-                reservation.attempt_id,
-                settled.caps_charged,
-                settled.caps_expected,
-            )
+            charges = ChargeRepository(connection)
+            if not await charges.settle(reservation.attempt_id, reservation.request_id, cost, values, finish):
+                # Settled already: by this holder, whose commit went through but whose acknowledgement was
+                # lost (then this is a retry), or by the sweeper. Either way nothing is charged again.
+                earlier = await charges.settled(reservation.attempt_id)
+                if earlier.settled_by == "sweeper":
+                    logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
+                cost = earlier.cost_usd
         return cost
 
     async def record_request(

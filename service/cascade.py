@@ -214,8 +214,7 @@ class Cascade:
             request_created_at=run.created_at,
             task_hash=run.cmd.task.hash,
         )
-        reservation = await self.budget.reserve(plan, None if run.request_written else self._request_row(run))
-        run.request_written = True
+        reservation = await self._reserve(run, plan)
         try:
             reply = await self.upstream.create(request, min(self.settings.attempt_timeout_s, remaining))
         except UpstreamFailure as failure:
@@ -259,6 +258,25 @@ class Cascade:
             finish |= {"cheap_label": verdict.label, "cheap_confidence": verdict.confidence}
         await self._settle(run, plan, reservation, result, finish or None)
         return verdict
+
+    async def _reserve(self, run: _Run, plan: AttemptPlan) -> Reservation:
+        """Reserve, shielded: a statement cancelled in flight may still commit (it runs in autocommit), so a
+        cancellation (a shutdown past its grace period) waits for it and releases what it reserved, at no cost,
+        since no call was made. Without that the sweeper would charge the worst case for a call never made."""
+        task = asyncio.ensure_future(
+            self.budget.reserve(plan, None if run.request_written else self._request_row(run))
+        )
+        try:
+            reservation = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                reservation = await task
+                run.request_written = True
+                not_sent = Settlement("cancelled", TokenUsage(), error_message="cancelled before the call")
+                await self._settle(run, plan, reservation, not_sent)
+            raise
+        run.request_written = True
+        return reservation
 
     def _finish_row(self, run: _Run, verdict: Answer | Defect, model: str) -> dict[str, Any]:
         assert isinstance(verdict, Answer)

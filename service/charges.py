@@ -8,11 +8,13 @@ the hot global cap rows stay locked only while PostgreSQL executes it, never whi
 network. Under READ COMMITTED, `FOR UPDATE` returns each row's latest committed version, so the room check
 sees every concurrent reservation and settle, and no cap can be overshot.
 
-The UPDATE repeats the room check on each row. PostgreSQL computes an updated row from the statement's snapshot
-(and checks the table's CHECK constraints on it) before it finds a newer committed version and recomputes from
-that one; the repeated check keeps a stale version from failing `ck_caps_within_cap`. A row skipped that way
-would make the reservation partial, so `tally` fails the statement instead, and the caller runs it again with
-a fresh snapshot. For the same reason a refusal that no locked row explains is retried.
+The reserve's UPDATE sets every column it could be checked on from the locked row, not from the row it scans.
+PostgreSQL computes an updated row from the version in the statement's snapshot, and checks the table's CHECK
+constraints on it, before it finds a newer committed version and recomputes from that one. Computed from the
+scanned version, the first row could fail `ck_caps_within_cap` (a stale version with a reservation since
+settled); computed from `locked` it is the row that will be written. `tally` is a guard that should never
+fire: if fewer than all rows were updated, it fails the statement (dividing by zero) rather than commit a
+partial reservation, and the caller runs it again.
 
 SQL only; the caller decides what to do with the result. The columns and their casts come from the tables.
 """
@@ -48,12 +50,11 @@ class ReserveResult:
 
 
 @dataclass(frozen=True)
-class SettleResult:
-    settled_now: bool  # False: it had been settled already (a retried settle, or the sweeper)
-    cost_usd: Decimal  # what the attempt is charged, by this settle or the earlier one
+class Settled:
+    """How an attempt stands after a settle that found it settled already."""
+
     settled_by: str | None
-    caps_expected: int
-    caps_charged: int
+    cost_usd: Decimal
 
 
 def _params(table: Table, prefix: str, columns: tuple[str, ...]) -> list[Any]:
@@ -79,7 +80,7 @@ def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, .
     )
     sql = f"""
         WITH locked AS (
-            SELECT id, cap_usd - spent_usd - reserved_usd AS remaining
+            SELECT id, cap_usd, spent_usd, reserved_usd, overrun_usd, cap_usd - spent_usd - reserved_usd AS remaining
             FROM caps WHERE id = ANY(:cap_ids) ORDER BY id FOR UPDATE
         ),
         verdict AS (
@@ -87,10 +88,15 @@ def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, .
             FROM locked
         ),
         reserved AS (
-            UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
+            -- Every column from the locked (latest) version: see the module's docstring.
+            UPDATE caps
+            SET reserved_usd = locked.reserved_usd + :amount,
+                spent_usd = locked.spent_usd,
+                cap_usd = locked.cap_usd,
+                overrun_usd = locked.overrun_usd,
+                updated_at = now()
             FROM locked, verdict
             WHERE caps.id = locked.id AND verdict.complete AND verdict.fits
-              AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
             RETURNING caps.id
         ),
         tally AS (
@@ -140,6 +146,13 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
             WHERE caps.id = locked.id
             RETURNING caps.id
         ),
+        guard AS (
+            -- The cap rows of a held reservation never go away; if some did, fail rather than commit a charge
+            -- that the cap rows do not carry.
+            SELECT 1 / (CASE WHEN count(*) = coalesce((SELECT cardinality(held.cap_ids) FROM held), 0)
+                        THEN 1 ELSE 0 END) AS ok
+            FROM charged
+        ),
         request AS (
             UPDATE requests
             SET cost_usd = requests.cost_usd + coalesce((SELECT :cost FROM held), 0),
@@ -148,11 +161,7 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
             WHERE requests.id = :request_id
             RETURNING requests.id
         )
-        SELECT (SELECT count(*) FROM held) AS settled_now,
-               (SELECT cardinality(held.cap_ids) FROM held) AS caps_expected,
-               (SELECT count(*) FROM charged) AS caps_charged,
-               attempts.settled_by, attempts.cost_usd
-        FROM attempts WHERE attempts.id = :attempt_id
+        SELECT (SELECT count(*) FROM held) AS settled_now, (SELECT ok FROM guard) AS guard
     """
     return text(sql).bindparams(
         bindparam("cost", type_=_ATTEMPTS.c.cost_usd.type),
@@ -160,6 +169,9 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
         *_params(_ATTEMPTS, "a_", attempt_columns),
         *_params(_REQUESTS, "r_", request_columns),
     )
+
+
+_SETTLED = text("SELECT settled_by, cost_usd FROM attempts WHERE id = :attempt_id")
 
 
 class ChargeRepository:
@@ -193,18 +205,17 @@ class ChargeRepository:
         cost: Decimal,
         attempt: dict[str, Any],
         finish: dict[str, Any] | None,
-    ) -> SettleResult:
+    ) -> bool:
+        """Settle the attempt if it is still reserved; False if it had been settled already."""
         request = finish or {}
         statement = _settle_sql(tuple(attempt), tuple(request))
         params: dict[str, Any] = {"attempt_id": attempt_id, "request_id": request_id, "cost": cost}
         params |= {f"a_{k}": v for k, v in attempt.items()}
         params |= {f"r_{k}": v for k, v in request.items()}
-        row = (await self.connection.execute(statement, params)).one()
-        settled_now = bool(row.settled_now)
-        return SettleResult(
-            settled_now=settled_now,
-            cost_usd=cost if settled_now else (row.cost_usd if row.cost_usd is not None else Decimal(0)),
-            settled_by="holder" if settled_now else row.settled_by,
-            caps_expected=int(row.caps_expected or 0),
-            caps_charged=int(row.caps_charged or 0),
-        )
+        return bool((await self.connection.execute(statement, params)).one().settled_now)
+
+    async def settled(self, attempt_id: int) -> Settled:
+        """Who settled the attempt and at what cost. A statement of its own: a settle that waited on the row's
+        lock saw the attempt as it was when it started, before the settle that got there first."""
+        row = (await self.connection.execute(_SETTLED, {"attempt_id": attempt_id})).one()
+        return Settled(row.settled_by, row.cost_usd if row.cost_usd is not None else Decimal(0))

@@ -77,6 +77,7 @@ class Database:
             # No pre-ping: it costs up to three round trips on every checkout. A connection that died with the
             # server fails its statement (503, the pool is invalidated) and the next checkout connects afresh.
             pool_pre_ping=False,
+            hide_parameters=True,  # an error's text must not carry a key hash, labels or instructions into the logs
             connect_args={"timeout": settings.db_timeout_s, "command_timeout": settings.db_timeout_s * 2},
         )
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -93,10 +93,12 @@ def _outcome_for(status: int) -> str:
     }.get(status, "server_error" if status >= 500 else "client_error")
 
 
-def _count(fields: dict[str, Any], name: str) -> int:
-    value = fields.get(name) or 0
+def _count(fields: dict[str, Any], name: str, *, required: bool = False, where: str = "usage") -> int:
+    value = fields.get(name)
+    if value is None and not required:
+        return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"usage.{name} is not a token count")
+        raise ValueError(f"{where}.{name} is not a token count")
     return value
 
 
@@ -104,7 +106,9 @@ def read_message(body: object) -> tuple[str | None, str | None, TokenUsage]:
     """The text, stop reason and usage of a Messages API body, read straight from its JSON.
 
     The SDK's typed `Message` costs a model construction per call on the hot path and checks nothing; this reads
-    the three things the cascade needs and refuses (ValueError) a body that does not carry them.
+    the three things the cascade needs and refuses (ValueError: the attempt is then charged its reservation) a
+    body whose billing it cannot read in full: `input_tokens` and `output_tokens` must be counts, and a cache
+    split, when given, must have both durations and add up to `cache_creation_input_tokens`.
     """
     if not isinstance(body, dict) or body.get("type") != "message" or not isinstance(body.get("content"), list):
         raise ValueError("not a Message")
@@ -120,20 +124,26 @@ def read_message(body: object) -> tuple[str | None, str | None, TokenUsage]:
     usage = body.get("usage")
     if not isinstance(usage, dict) or (stop_reason is not None and not isinstance(stop_reason, str)):
         raise ValueError("a Message without usage or with a bad stop_reason")
+    written = _count(usage, "cache_creation_input_tokens")
     split = usage.get("cache_creation")
-    if isinstance(split, dict):
-        cw5m, cw1h = _count(split, "ephemeral_5m_input_tokens"), _count(split, "ephemeral_1h_input_tokens")
+    if split is None:
+        cw5m, cw1h = written, 0  # no split: the 5-minute writes the API defaults to
+    elif isinstance(split, dict):
+        cw5m = _count(split, "ephemeral_5m_input_tokens", required=True, where="usage.cache_creation")
+        cw1h = _count(split, "ephemeral_1h_input_tokens", required=True, where="usage.cache_creation")
+        if cw5m + cw1h != written:
+            raise ValueError("usage.cache_creation does not add up to cache_creation_input_tokens")
     else:
-        cw5m, cw1h = _count(usage, "cache_creation_input_tokens"), 0
+        raise ValueError("usage.cache_creation is not an object")
     return (
         text,
         stop_reason,
         TokenUsage(
-            input=_count(usage, "input_tokens"),
+            input=_count(usage, "input_tokens", required=True),
             cache_write_5m=cw5m,
             cache_write_1h=cw1h,
             cache_read=_count(usage, "cache_read_input_tokens"),
-            output=_count(usage, "output_tokens"),
+            output=_count(usage, "output_tokens", required=True),
         ),
     )
 

@@ -203,7 +203,10 @@ async def check(fleet: Fleet, outcome: Outcome, *, allow_missing_calls: bool = F
     assert set(statuses) <= {200, 402, 502, 503, 504}, statuses
     assert len(outcome.responses) + outcome.transport_errors == REQUESTS
     refused = statuses[402] / REQUESTS
-    assert 0.1 <= refused <= 0.9, f"the caps should refuse a large share of the demand: {statuses}"
+    # How much is refused depends on how many worst-case reservations are held at once, that is on timing: with
+    # fast reservations a burst of refusals (no upstream call, so quick) can use up most of the requests while
+    # the first answers are in flight. The test needs both many refusals and enough answers to check.
+    assert refused >= 0.1 and statuses[200] >= 50, f"the caps should refuse a large share of the demand: {statuses}"
 
     await settle_down(fleet)
     await assert_ledger_invariants(fleet.db)
@@ -236,7 +239,25 @@ async def check(fleet: Fleet, outcome: Outcome, *, allow_missing_calls: bool = F
         swept = [a for a in attempts if a.settled_by == "sweeper"]
         assert len(attempts) - len(calls) <= len(swept)
     else:
-        assert len(attempts) == len(calls), "every upstream call has exactly one ledger row, and no other"
+        # An attempt that provably never left the service (a connect error or pool timeout, or cancelled before
+        # the call) has its ledger row, charged 0, and no call at the simulator.
+        not_sent = [
+            a
+            for a in attempts
+            if a.upstream_request_id is None and a.cost_usd == 0 and a.outcome in ("connection_error", "cancelled")
+        ]
+        extra = Counter(
+            (a.outcome, a.http_status, a.settled_by, a.cost_usd == a.reserved_usd)
+            for a in attempts
+            if a.upstream_request_id is None
+        )
+        assert len(attempts) - len(not_sent) == len(calls), (
+            "every upstream call has exactly one ledger row, and no other",
+            len(attempts),
+            len(not_sent),
+            len(calls),
+            extra,
+        )
     for team in TEAMS:
         spent = [c for c in await caps_of(fleet.db) if c.scope == "team"]
         assert all(c.spent_usd <= c.cap_usd for c in spent), team
