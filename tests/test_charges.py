@@ -8,14 +8,14 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 
-from service.budget import AttemptPlan, Budget, Settlement
+from service.budget import Budget, Settlement
 from service.caps import CapRepository
 from service.catalog import Catalog, TokenUsage
 from service.charges import ChargeRepository
@@ -28,43 +28,7 @@ from service.tables import Attempt
 from service.teams import Teams
 from service.upstream import read_message
 from tests.harness import assert_ledger_invariants, caps, team_id_of
-
-NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def plan(team_id: uuid.UUID, request_id: uuid.UUID | None = None, attempt_no: int = 1) -> AttemptPlan:
-    return AttemptPlan(
-        request_id or uuid.uuid4(),
-        team_id,
-        attempt_no,
-        "cheap",
-        "claude-haiku-4-5-20251001",
-        input_token_bound=2000,
-        max_tokens=64,
-    )
-
-
-def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
-    return {
-        "id": p.request_id,
-        "team_id": p.team_id,
-        "status": "pending",
-        "task_hash": "t",
-        "labels": ["a", "b"],
-        "threshold": Decimal("0.85"),
-        "text_chars": 1,
-        "cheap_model": p.model,
-        "strong_model": "s",
-        "created_at": now,
-    }
+from tests.test_budget import NOON, Clock, plan, request_row
 
 
 @pytest.fixture
