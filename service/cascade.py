@@ -263,9 +263,7 @@ class Cascade:
         """Reserve, shielded: a statement cancelled in flight may still commit (it runs in autocommit), so a
         cancellation (a shutdown past its grace period) waits for it and releases what it reserved, at no cost,
         since no call was made. Without that the sweeper would charge the worst case for a call never made."""
-        task = asyncio.ensure_future(
-            self.budget.reserve(plan, None if run.request_written else self._request_row(run))
-        )
+        task = asyncio.ensure_future(self.budget.reserve(plan, None if run.request_written else self._request_row(run)))
         try:
             reservation = await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -113,6 +113,21 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_MAX_BODY_BYTES",
         description="Largest request body accepted; larger bodies get 413.",
     )
+    max_batch_items: int = Field(
+        default=1000, ge=1, validation_alias="CASCADE_MAX_BATCH_ITEMS", description="Most items in one batch call."
+    )
+    max_batch_body_bytes: int = Field(
+        default=8_000_000,
+        ge=1024,
+        validation_alias="CASCADE_MAX_BATCH_BODY_BYTES",
+        description="Largest body of POST /v1/classify/batch (413 past it).",
+    )
+    batch_concurrency: int = Field(
+        default=8,
+        ge=1,
+        validation_alias="CASCADE_BATCH_CONCURRENCY",
+        description="Items of one batch call classified at once.",
+    )
     request_deadline_s: float = Field(
         default=30.0,
         gt=0,

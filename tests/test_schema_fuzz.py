@@ -58,6 +58,7 @@ CHECKS = {
 # (any value the schema allows is valid, so no negative data exists) or "both" (negative data exists too).
 OPERATIONS = {
     "POST /v1/classify": "both",
+    "POST /v1/classify/batch": "both",
     "GET /v1/requests/{request_id}": "both",
     "GET /v1/spend": "none",
     "GET /v1/reports/escalations": "both",
@@ -141,6 +142,15 @@ def explicit_cases(op: Any, arranged: Arranged) -> list[Any]:
     label = op.label
     if label == "POST /v1/classify":
         return [op.Case(body=body, media_type="application/json") for body in VALID_CLASSIFY]
+    if label == "POST /v1/classify/batch":
+        batches: list[dict[str, Any]] = [
+            {
+                "items": [{"id": "1", "text": body["text"]}, {"text": " "}],
+                **{k: v for k, v in body.items() if k != "text"},
+            }
+            for body in VALID_CLASSIFY
+        ]
+        return [op.Case(body=body, media_type="application/json") for body in batches]
     if label == "GET /v1/requests/{request_id}":
         return [op.Case(path_parameters={"request_id": arranged.request_id})]
     if label == "POST /v1/admin/teams":

@@ -32,6 +32,24 @@ class ClassifyIn(BaseModel):
     )
 
 
+class BatchItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200, description="Your id for the item, echoed in its result.")
+    text: str = Field(description="The text to classify.")
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[BatchItemIn] = Field(description="The texts, each classified on its own (at most the server's limit).")
+    labels: list[str] = Field(description="The allowed labels, shared by every item.")
+    instructions: str | None = Field(default=None, description="Optional guidance, shared by every item.")
+    threshold: Decimal | None = Field(
+        default=None, ge=0, le=1, decimal_places=6, description="Escalation threshold, shared by every item."
+    )
+
+
 class Tokens(BaseModel):
     input: int | None
     cache_write_5m: int | None
@@ -124,6 +142,8 @@ class SpendOut(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # `field`, `cap`, `remaining_usd` where they apply
+
     type: str
     message: str
 
@@ -131,6 +151,23 @@ class ErrorBody(BaseModel):
 class ErrorOut(BaseModel):
     error: ErrorBody
     request_id: str | None
+
+
+class BatchItemOut(BaseModel):
+    index: int = Field(description="The item's position in the request.")
+    id: str | None = Field(description="Your id for the item, if you gave one.")
+    request_id: uuid.UUID = Field(description="The item's classification id (GET /v1/requests/{id}).")
+    status: int = Field(description="The HTTP status this item would have had as a POST /v1/classify.")
+    result: ClassifyOut | None
+    error: ErrorBody | None
+
+
+class BatchOut(BaseModel):
+    id: uuid.UUID = Field(description="The batch call's id (x-request-id).")
+    items: list[BatchItemOut]
+    ok: int = Field(description="Items answered.")
+    failed: int = Field(description="Items with an error.")
+    cost_usd: MoneyStr = Field(description="What the batch cost: the sum over its items.")
 
 
 class TeamIn(BaseModel):
