@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--latency-ms", type=float, default=0.0)
+    sim.add_argument("--batch-processing-s", type=float, default=0.0, help="how long a Message Batch stays in progress")
+    sim.add_argument("--batch-expire-rate", type=float, default=0.0, help="share of batch requests that expire")
     sim.add_argument(
         "--fault",
         action="append",
@@ -201,7 +203,13 @@ def _simulator(args: argparse.Namespace) -> None:
     for item in args.fault:
         kind, _, rate = item.partition("=")
         rates[kind] = float(rate)
-    config = SimulatorConfig(seed=args.seed, latency_ms=args.latency_ms, fault_rates=rates)
+    config = SimulatorConfig(
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        fault_rates=rates,
+        batch_processing_s=args.batch_processing_s,
+        batch_expire_rate=args.batch_expire_rate,
+    )
     print(f"Anthropic simulator on http://{args.host}:{args.port} (simulated answers, not Claude's)")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, args.host, args.port))

@@ -16,6 +16,9 @@ class SimulatorConfig:
     # Random faults keyed by behaviour token, e.g. {"429": 0.05, "529": 0.05, "drop": 0.01}.
     fault_rates: Mapping[str, float] = field(default_factory=dict)
     retry_after_seconds: float = 1.0  # retry-after of a plain "429" fault
+    # Message Batches: how long a batch stays in_progress, and the share of its requests that expire.
+    batch_processing_s: float = 0.0
+    batch_expire_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for token, rate in self.fault_rates.items():
@@ -29,6 +32,9 @@ class SimulatorConfig:
             self.latency_per_output_token_ms,
             self.latency_jitter_ms,
             self.slow_seconds,
+            self.batch_processing_s,
         )
+        if not 0.0 <= self.batch_expire_rate <= 1.0:
+            raise ValueError(f"batch_expire_rate must be within [0, 1], got {self.batch_expire_rate}")
         if min(latencies) < 0:
             raise ValueError("latencies must not be negative")

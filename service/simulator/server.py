@@ -23,6 +23,7 @@ from typing import Any
 import h11
 
 from service.simulator import behaviour
+from service.simulator.batches import BatchError, Batches
 from service.simulator.behaviour import Behaviour, model_family
 from service.simulator.config import SimulatorConfig
 from service.simulator.request import ParsedRequest, RequestError, load, parse, text_to_classify
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
+BATCHES = "/v1/messages/batches"
+_BATCH_PATH = re.compile(r"/v1/messages/batches/(?P<id>[A-Za-z0-9_]+)(?P<tail>/cancel|/results)?")
 READ_CHUNK = 64 * 1024
 _BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
 
@@ -50,7 +53,8 @@ class CallRecord:
     status: int  # 0 when the connection was dropped
     request_id: str | None
     at: float  # time.monotonic()
-    endpoint: str = "messages"  # or "count_tokens"
+    endpoint: str = "messages"  # or "count_tokens", or "batch" (one request of a Message Batch)
+    custom_id: str | None = None  # a batch request's custom_id
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Simulator:
         self._calls: list[CallRecord] = []
         self._directive_uses: dict[tuple[str, str], int] = {}
         self._window = _RateWindow()
+        self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
         self._server: asyncio.Server | None = None
         self._port = 0
         self._host = "127.0.0.1"
@@ -267,6 +272,8 @@ class Simulator:
         headers = {name.decode().lower(): value.decode("latin-1") for name, value in request.headers}
         if method == "POST" and path in (MESSAGES, COUNT_TOKENS):
             return self._api_call(path, headers, body)
+        if path == BATCHES or path.startswith(BATCHES + "/"):
+            return self._batch_call(method, path, headers, body)
         if method == "GET" and path == "/_simulator/calls":
             return self._ok(self.summary(), _request_id())
         if method == "POST" and path == "/_simulator/reset":
@@ -315,6 +322,75 @@ class Simulator:
         if response.drop:
             record.request_id = None
         return response
+
+    def _batch_call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Response:
+        request_id = _request_id()
+        try:
+            if not (headers.get("x-api-key") or _BEARER.fullmatch(headers.get("authorization", "").strip())):
+                raise BatchError(401, "x-api-key header is required")
+            if path == BATCHES and method == "POST":
+                try:
+                    payload = load(body)
+                except RequestError as exc:
+                    raise BatchError(exc.status, exc.message) from None
+                batch = self._batches.create(payload, self._batch_answer)
+                return self._ok(self._batches.view(batch, self.url), request_id)
+            if path == BATCHES and method == "GET":
+                data = [self._batches.view(b, self.url) for b in self._batches.all()]
+                first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+                return self._ok({"data": data, "has_more": False, "first_id": first, "last_id": last}, request_id)
+            match = _BATCH_PATH.fullmatch(path)
+            if match is None:
+                raise BatchError(404, f"Not found: {method} {path}")
+            batch_id, tail = match["id"], match["tail"]
+            if method == "GET" and tail is None:
+                return self._ok(self._batches.view(self._batches.get(batch_id), self.url), request_id)
+            if method == "POST" and tail == "/cancel":
+                return self._ok(self._batches.view(self._batches.cancel(batch_id), self.url), request_id)
+            if method == "DELETE" and tail is None:
+                self._batches.delete(batch_id)
+                return self._ok({"id": batch_id, "type": "message_batch_deleted"}, request_id)
+            if method == "GET" and tail == "/results":
+                response = _Response(status=200, body=self._batches.results_jsonl(batch_id))
+                response.headers = [("request-id", request_id), ("content-type", "application/x-jsonl")]
+                return response
+            raise BatchError(404, f"Not found: {method} {path}")
+        except BatchError as exc:
+            return self._error(exc.status, exc.message, request_id)
+
+    def _batch_answer(self, custom_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One request of a batch, answered as the Messages endpoint would have answered it."""
+        model = params.get("model")
+        record = CallRecord(
+            model=model if isinstance(model, str) else "",
+            text=text_to_classify(params),
+            behaviour="ok",
+            status=0,
+            request_id=None,
+            at=time.monotonic(),
+            endpoint="batch",
+            custom_id=custom_id,
+        )
+        self._calls.append(record)
+        request_id = _request_id()
+        try:
+            parsed = parse(params)
+            plan = self._next_behaviour(parsed)
+        except RequestError as exc:
+            record.behaviour, record.status = str(exc.status), exc.status
+            return {"type": "errored", "error": json.loads(self._error(exc.status, exc.message, request_id).body)}
+        record.behaviour = plan.spec
+        response = self._outcome(parsed, plan, request_id)
+        record.status, record.request_id = response.status, request_id
+        if response.drop:
+            return {"type": "expired"}
+        if response.status != 200:
+            return {"type": "errored", "error": json.loads(response.body)}
+        try:
+            message = json.loads(response.body)
+        except ValueError:
+            return {"type": "errored", "error": json.loads(self._error(500, "Internal server error", request_id).body)}
+        return {"type": "succeeded", "message": message}
 
     def _next_behaviour(self, parsed: ParsedRequest) -> Behaviour:
         family = model_family(parsed.model)
