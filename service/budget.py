@@ -6,6 +6,7 @@ Each method is one short transaction; no connection is held while the model is c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 _RESERVE_TRIES = 5
+# After a reserve's reply is lost: when to look for (and release) what it may have committed.
+_RELEASE_PAUSES_S = (0.2, 1.0, 3.0, 10.0)
 
 
 def utcnow() -> datetime:
@@ -112,6 +115,7 @@ class Budget:
         # Every reserve and settle locks the same global cap rows. Past a few at once, more only queue inside
         # PostgreSQL as a lock convoy (each waiter a backend to wake, on the same cores); they wait here instead.
         self._money_slots = asyncio.Semaphore(settings.money_concurrency)
+        self._releases: set[asyncio.Task[None]] = set()
 
     def _cap_amount(self, key: CapKey) -> Decimal:
         return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
@@ -182,6 +186,14 @@ class Budget:
                     result = await ChargeRepository(connection).reserve(ids, amount, attempt, new_request)
             except StaleSnapshot:
                 continue
+            except DatabaseUnavailable:
+                # The statement may have committed with only its reply lost. No call will be made, so a
+                # reservation that did commit is released at no cost as soon as the database answers again
+                # (else the sweeper would charge its worst case after the TTL).
+                self._release_later(
+                    Reservation(0, plan.request_id, plan.model, amount, at, plan.input_token_bound), plan
+                )
+                raise
             if not result.complete:
                 raise _StaleCapRows
             if result.attempt_id is not None:
@@ -194,6 +206,37 @@ class Budget:
         return Reservation(
             result.attempt_id, plan.request_id, plan.model, amount, at, plan.input_token_bound, plan.strong_model
         )
+
+    def _release_later(self, unconfirmed: Reservation, plan: AttemptPlan) -> None:
+        task = asyncio.create_task(self._release_unacknowledged(unconfirmed, plan.attempt_no))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release_unacknowledged(self, unconfirmed: Reservation, attempt_no: int) -> None:
+        for pause in _RELEASE_PAUSES_S:
+            await asyncio.sleep(pause)
+            try:
+                async with self.db.autocommit() as connection:
+                    attempt_id = await ChargeRepository(connection).held_attempt(unconfirmed.request_id, attempt_no)
+                if attempt_id is None:
+                    return  # it never committed (or it is settled already)
+                held = dataclasses.replace(unconfirmed, attempt_id=attempt_id)
+                not_sent = Settlement(
+                    "not_sent", TokenUsage(), error_message="the reservation's reply was lost; no call was made"
+                )
+                await self.settle(held, not_sent)
+                logger.warning("released attempt %s, whose reservation reply was lost, at no cost", attempt_id)
+                return
+            except DatabaseUnavailable:
+                continue
+            except Exception:
+                logger.exception("could not release an unacknowledged reservation of %s", unconfirmed.request_id)
+                return
+
+    async def flush_releases(self) -> None:
+        """Wait for the releases of unacknowledged reservations still running (shutdown, tests)."""
+        while self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def _cap_row_ids(self, applicable: list[tuple[CapKey, Decimal]]) -> list[int]:
         """The cap rows' ids, creating a period's rows on its first charge (cached after that)."""

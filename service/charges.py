@@ -172,6 +172,9 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
 
 
 _SETTLED = text("SELECT settled_by, cost_usd FROM attempts WHERE id = :attempt_id")
+_HELD = text(
+    "SELECT id FROM attempts WHERE request_id = :request_id AND attempt_no = :attempt_no AND state = 'reserved'"
+).bindparams(bindparam("request_id", type_=_ATTEMPTS.c.request_id.type))
 
 
 class ChargeRepository:
@@ -219,3 +222,8 @@ class ChargeRepository:
         lock saw the attempt as it was when it started, before the settle that got there first."""
         row = (await self.connection.execute(_SETTLED, {"attempt_id": attempt_id})).one()
         return Settled(row.settled_by, row.cost_usd if row.cost_usd is not None else Decimal(0))
+
+    async def held_attempt(self, request_id: uuid.UUID, attempt_no: int) -> int | None:
+        """The id of the attempt's ledger row if it exists and is still reserved."""
+        row = (await self.connection.execute(_HELD, {"request_id": request_id, "attempt_no": attempt_no})).first()
+        return None if row is None else int(row.id)

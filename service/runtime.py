@@ -119,5 +119,7 @@ class Runtime:
         left = await self.cascade.drain(max(5.0, self.settings.attempt_timeout_s))
         if left:
             logger.warning("closing with %d classifications unsettled; the sweeper will charge them", left)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.budget.flush_releases(), 15.0)
         await self.upstream.aclose()
         await self.db.dispose()
