@@ -14,12 +14,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import schema
+from service.budget import Budget
+from service.catalog import Catalog
 from service.database import Database
 from service.embedded import asyncpg_url, start_embedded
+from service.keys import issue_key
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import table_names
-from tests.harness import ADMIN_KEY, Service, running_service, service_settings
+from tests.harness import ADMIN_KEY, NOON, Clock, Service, running_service, service_settings, team_id_of
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +108,18 @@ async def admin_service(
     """The service with CASCADE_ADMIN_KEY set (tests.harness.ADMIN is its header)."""
     async with running_service(make_settings(CASCADE_ADMIN_KEY=ADMIN_KEY), database_url, db, sim) as running:
         yield running
+
+
+@pytest.fixture
+async def team(db: Database) -> uuid.UUID:
+    await issue_key(db, "budget-team")
+    return await team_id_of(db, "budget-team")
+
+
+@pytest.fixture
+def budget(db: Database, make_settings: Callable[..., Settings]) -> Callable[..., tuple[Budget, Clock]]:
+    def make(**overrides: object) -> tuple[Budget, Clock]:
+        clock = Clock(NOON)
+        return Budget(db, Catalog(), make_settings(**overrides), clock), clock
+
+    return make

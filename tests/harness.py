@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from service.api.app import create_app
 from service.api.server import serving
+from service.budget import AttemptPlan
 from service.database import Database
 from service.keys import issue_key
 from service.settings import Settings
@@ -144,3 +146,42 @@ async def assert_ledger_invariants(db: Database, *, requests_finished: bool = Tr
         own = [a.cost_usd or Decimal(0) for a in attempts if a.request_id == request.id]
         assert request.cost_usd == sum(own, Decimal(0)), f"request {request.id} cost differs from its attempts"
         assert not requests_finished or request.status != "pending", f"request {request.id} left pending"
+
+
+# Budget tests: a settable clock, one attempt's plan and its request row.
+NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def plan(team_id: uuid.UUID, request_id: uuid.UUID | None = None, attempt_no: int = 1) -> AttemptPlan:
+    return AttemptPlan(
+        request_id or uuid.uuid4(),
+        team_id,
+        attempt_no,
+        "cheap",
+        "claude-haiku-4-5-20251001",
+        input_token_bound=2000,
+        max_tokens=64,
+    )
+
+
+def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
+    return {
+        "id": p.request_id,
+        "team_id": p.team_id,
+        "status": "pending",
+        "task_hash": "t",
+        "labels": ["a", "b"],
+        "threshold": Decimal("0.85"),
+        "text_chars": 1,
+        "cheap_model": p.model,
+        "strong_model": "s",
+        "created_at": now,
+    }

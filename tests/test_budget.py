@@ -10,69 +10,15 @@ from decimal import Decimal
 import pytest
 
 from service.budget import AttemptPlan, Budget, Settlement
-from service.catalog import Catalog, TokenUsage
+from service.catalog import TokenUsage
 from service.database import Database
 from service.errors import CostCapExceeded
-from service.keys import issue_key
-from service.settings import Settings
 from service.tables import Attempt, Cap, Request
-from tests.harness import assert_ledger_invariants, caps, team_id_of
-
-NOON = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def plan(team_id: uuid.UUID, request_id: uuid.UUID | None = None, attempt_no: int = 1) -> AttemptPlan:
-    return AttemptPlan(
-        request_id or uuid.uuid4(),
-        team_id,
-        attempt_no,
-        "cheap",
-        "claude-haiku-4-5-20251001",
-        input_token_bound=2000,
-        max_tokens=64,
-    )
-
-
-def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
-    return {
-        "id": p.request_id,
-        "team_id": p.team_id,
-        "status": "pending",
-        "task_hash": "t",
-        "labels": ["a", "b"],
-        "threshold": Decimal("0.85"),
-        "text_chars": 1,
-        "cheap_model": p.model,
-        "strong_model": "s",
-        "created_at": now,
-    }
+from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row
 
 
 async def global_caps(db: Database) -> list[Cap]:
     return [c for c in await caps(db) if c.scope == "global"]
-
-
-@pytest.fixture
-async def team(db: Database) -> uuid.UUID:
-    await issue_key(db, "budget-team")
-    return await team_id_of(db, "budget-team")
-
-
-@pytest.fixture
-def budget(db: Database, make_settings: Callable[..., Settings]) -> Callable[..., tuple[Budget, Clock]]:
-    def make(**overrides: object) -> tuple[Budget, Clock]:
-        clock = Clock(NOON)
-        return Budget(db, Catalog(), make_settings(**overrides), clock), clock
-
-    return make
 
 
 async def test_worst_case_reservation_then_settle_at_actual(

@@ -21,29 +21,12 @@ from service.catalog import Catalog, TokenUsage
 from service.charges import ChargeRepository
 from service.database import Database
 from service.errors import CostCapExceeded, DatabaseUnavailable
-from service.keys import issue_key
 from service.ledger import LedgerRepository
 from service.settings import Settings
 from service.tables import Attempt
 from service.teams import Teams
 from service.upstream import read_message
-from tests.harness import assert_ledger_invariants, caps, team_id_of
-from tests.test_budget import NOON, Clock, plan, request_row
-
-
-@pytest.fixture
-async def team(db: Database) -> uuid.UUID:
-    await issue_key(db, "review-team")
-    return await team_id_of(db, "review-team")
-
-
-@pytest.fixture
-def budget(db: Database, make_settings: Callable[..., Settings]) -> Callable[..., tuple[Budget, Clock]]:
-    def make(**overrides: object) -> tuple[Budget, Clock]:
-        clock = Clock(NOON)
-        return Budget(db, Catalog(), make_settings(**overrides), clock), clock
-
-    return make
+from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row
 
 
 async def _sweeper_settles(db: Database, attempt_id: int, locked: asyncio.Event, release: asyncio.Event) -> None:
@@ -218,7 +201,7 @@ async def test_bank_concurrent_reserve_settle_sweep_and_cap_changes(
 
     async def admin() -> None:
         while not stop.is_set():
-            await teams.set_caps("review-team", Decimal(rng.choice(["0.04", "0.06", "1"])), None, NOON.date())
+            await teams.set_caps("budget-team", Decimal(rng.choice(["0.04", "0.06", "1"])), None, NOON.date())
             await budgets[0].sync_global_caps()
             await budgets[1].sweep()
             await asyncio.sleep(0.01)

@@ -30,9 +30,7 @@ def line_for(lines: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
     return matching[0]
 
 
-async def test_one_line_per_request_with_the_ledger_fields(
-    service: Service, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_one_line_per_request_with_the_ledger_fields(service: Service, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     escalated = await service.classify(SECRET_TEXT + " {{sim:cheap=conf=0.3;strong=conf=0.9}}")
     rejected = await service.classify(SECRET_TEXT + " {{sim:cheap=400}}")

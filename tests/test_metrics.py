@@ -110,9 +110,7 @@ async def test_metrics_agree_with_the_ledger(
             tokens[(a.model, kind)] += getattr(a, column) or 0
         cost[a.model] = cost.get(a.model, Decimal(0)) + (a.cost_usd or Decimal(0))
         by_status[(a.model, a.stage, str(a.http_status) if a.http_status is not None else a.outcome)] += 1
-    assert series(samples, "cascade_tokens_total", "model", "kind") == {
-        k: float(v) for k, v in tokens.items() if v
-    }
+    assert series(samples, "cascade_tokens_total", "model", "kind") == {k: float(v) for k, v in tokens.items() if v}
     got_cost = series(samples, "cascade_cost_usd_total", "model")
     assert set(got_cost) == {(m,) for m, c in cost.items() if c}
     for model, exact in cost.items():
