@@ -1,6 +1,7 @@
 """Authorize, then capture: every upstream attempt reserves its worst case before the call.
 
-Each method is one short transaction; no connection is held while the model is called.
+Reserve and settle are one statement each (service.charges); the sweeper and the rest are short transactions.
+No connection is held while the model is called.
 """
 
 from __future__ import annotations
@@ -178,8 +179,9 @@ class Budget:
             "strong_equiv_usd": strong_equiv,
             **_price_columns(price),
         }
-        # One statement: all the cap rows and the ledger rows, or nothing. It is run again when it saw a cap
-        # row older than the one it locked (see service.charges); that takes concurrent commits near a cap.
+        # One statement: all the cap rows and the ledger rows, or nothing. It is run again if its partial-
+        # reservation guard fires or a refusal has no locked row to explain it (neither should happen; see
+        # service.charges).
         for _ in range(_RESERVE_TRIES):
             try:
                 async with self._money_slots, self.db.autocommit() as connection:

@@ -49,24 +49,6 @@ def period_keys(day: date, team_id: uuid.UUID | None = None) -> list[CapKey]:
     return keys
 
 
-# The rows are locked in id order (no deadlocks between reservations), then each is charged only if it has
-# room. Under READ COMMITTED the UPDATE re-checks its WHERE against the latest committed row, so concurrent
-# reservations can neither overshoot the cap nor lose an update.
-_LOCK_AND_RESERVE = text("""
-    WITH locked AS (
-        SELECT id, cap_usd - spent_usd - reserved_usd AS remaining
-        FROM caps WHERE id = ANY(:ids) ORDER BY id FOR UPDATE
-    ),
-    reserved AS (
-        UPDATE caps SET reserved_usd = caps.reserved_usd + :amount, updated_at = now()
-        FROM locked
-        WHERE caps.id = locked.id AND caps.spent_usd + caps.reserved_usd + :amount <= caps.cap_usd
-        RETURNING caps.id
-    )
-    SELECT locked.id, locked.remaining, reserved.id IS NOT NULL AS ok
-    FROM locked LEFT JOIN reserved ON reserved.id = locked.id
-""")
-
 # A cost above its reservation cannot be refused (it was billed): it is recorded, and the part that goes
 # past the cap is kept in overrun_usd so the CHECK holds and the period refuses further work.
 _SETTLE = text("""
@@ -111,13 +93,6 @@ class CapRepository:
         )
         assert found is not None
         return found
-
-    async def reserve(self, ids: list[int], amount: Decimal) -> tuple[dict[int, Decimal], set[int]]:
-        """Reserve `amount` on every row. Returns the rows that refused ({id: remaining}) and the ids that
-        do not exist; if either is non-empty nothing may be kept (the caller rolls back)."""
-        rows = (await self.session.execute(_LOCK_AND_RESERVE, {"ids": ids, "amount": amount})).all()
-        refused = {row.id: row.remaining for row in rows if not row.ok}
-        return refused, set(ids) - {row.id for row in rows}
 
     async def settle(self, ids: list[int], reserved: Decimal, cost: Decimal) -> None:
         rows = (await self.session.execute(_SETTLE, {"ids": ids, "reserved": reserved, "cost": cost})).all()

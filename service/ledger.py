@@ -33,11 +33,6 @@ class LedgerRepository:
     async def add_request(self, values: dict[str, Any]) -> None:
         await self.session.execute(insert(Request).values(**values).on_conflict_do_nothing(index_elements=["id"]))
 
-    async def add_attempt(self, values: dict[str, Any]) -> int:
-        attempt_id = await self.session.scalar(insert(Attempt).values(**values).returning(Attempt.id))
-        assert attempt_id is not None
-        return int(attempt_id)
-
     async def settle_attempt(self, attempt_id: int, values: dict[str, Any]) -> HeldReservation | None:
         """Mark a reserved attempt settled; None if it was settled already (by the sweeper)."""
         row = (
@@ -51,12 +46,6 @@ class LedgerRepository:
         if row is None:
             return None
         return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd, row.strong_equiv_usd)
-
-    async def settlement_of(self, attempt_id: int) -> tuple[str | None, Decimal]:
-        row = (
-            await self.session.execute(select(Attempt.settled_by, Attempt.cost_usd).where(Attempt.id == attempt_id))
-        ).one()
-        return row.settled_by, row.cost_usd if row.cost_usd is not None else Decimal(0)
 
     async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal, strong_equiv: Decimal | None) -> None:
         await self.session.execute(

@@ -13,12 +13,11 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from service.api.classify import classification_out, idempotency_key, to_command
+from service.api.classify import claim_or_replay, classification_out, idempotency_key, to_command
 from service.api.errors import documented, error_details
 from service.api.schemas import BatchIn, BatchItemOut, BatchOut, ClassifyIn, ErrorBody
 from service.batch import BatchItem, BatchRunner, ItemOutcome
-from service.errors import InvalidInput, Replayed
-from service.idempotency import body_hash
+from service.errors import InvalidInput
 from service.keys import Caller
 from service.logs import annotate
 from service.runtime import Runtime
@@ -82,11 +81,9 @@ async def classify_batch(
     key = idempotency_key(request.headers)
     if key is None:
         return Response(batch_out(call_id, await runner.run(call_id, caller.team_id, items)))
-    stored = await runtime.idempotency.begin(caller.team_id, key, body_hash(data.model_dump(mode="json")), call_id)
-    if stored is not None:
-        if stored.status != 200:
-            raise Replayed(stored.status, stored.body)
-        return Response(BatchOut.model_validate(stored.body), headers={"idempotent-replayed": "true"})
+    replay = await claim_or_replay(runtime, caller, key, data, call_id, BatchOut)
+    if replay is not None:
+        return replay
     try:
         out = batch_out(call_id, await runner.run(call_id, caller.team_id, items))
     except BaseException:

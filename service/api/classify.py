@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
+from pydantic import BaseModel
 
 from service.api.errors import documented, error_details
 from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, Tokens
@@ -21,6 +22,8 @@ from service.logs import annotate
 from service.prompt import Task
 from service.runtime import Runtime
 from service.settings import Settings
+
+Out = TypeVar("Out", bound=BaseModel)
 
 _RESPONSES = documented(400, 401, 402, 409, 413, 422, 429, 502, 503, 504)
 
@@ -108,6 +111,18 @@ def idempotency_key(headers: Any) -> str | None:
     return str(key)
 
 
+async def claim_or_replay(
+    runtime: Runtime, caller: Caller, key: str, data: BaseModel, call_id: uuid.UUID, schema: type[Out]
+) -> Response[Out] | None:
+    """Claim the Idempotency-Key for this body (None: go on and run), or the stored answer to replay."""
+    stored = await runtime.idempotency.begin(caller.team_id, key, body_hash(data.model_dump(mode="json")), call_id)
+    if stored is None:
+        return None
+    if stored.status != 200:
+        raise Replayed(stored.status, stored.body)
+    return Response(schema.model_validate(stored.body), headers={"idempotent-replayed": "true"})
+
+
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
 async def classify(
     data: JSONBody[ClassifyIn],
@@ -124,11 +139,9 @@ async def classify(
     key = idempotency_key(request.headers)
     if key is None:
         return Response(classification_out(await runtime.cascade.classify(command)))
-    stored = await runtime.idempotency.begin(caller.team_id, key, body_hash(data.model_dump(mode="json")), call_id)
-    if stored is not None:
-        if stored.status != 200:
-            raise Replayed(stored.status, stored.body)
-        return Response(ClassifyOut.model_validate(stored.body), headers={"idempotent-replayed": "true"})
+    replay = await claim_or_replay(runtime, caller, key, data, call_id, ClassifyOut)
+    if replay is not None:
+        return replay
     try:
         out = classification_out(await runtime.cascade.classify(command))
     except CascadeError as exc:
