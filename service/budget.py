@@ -21,6 +21,7 @@ from service.catalog import Catalog, PriceRow, TokenUsage
 from service.charges import ChargeRepository, StaleSnapshot
 from service.database import Database
 from service.errors import CostCapExceeded, DatabaseUnavailable
+from service.job_ledger import BatchHold, HeldItem, JobLedger, ResultLine, SettleResult
 from service.ledger import LedgerRepository
 from service.metrics import CapGauge, LedgerGauges
 from service.settings import Settings
@@ -121,14 +122,13 @@ class Budget:
     def _cap_amount(self, key: CapKey) -> Decimal:
         return self.settings.daily_cap_usd if key.period == "day" else self.settings.monthly_cap_usd
 
-    def _applicable(self, day: date, plan: AttemptPlan) -> list[tuple[CapKey, Decimal]]:
+    def _applicable(self, day: date, team_id: uuid.UUID, team: TeamCaps) -> list[tuple[CapKey, Decimal]]:
         """Every cap one charge must fit under: global day and month, team day and month (uncapped rows
         still count the team's spend)."""
         month = day.replace(day=1)
         caps = [(key, self._cap_amount(key)) for key in period_keys(day)]
-        team = plan.team_caps
-        caps.append((CapKey("team", plan.team_id, "day", day), _or_uncapped(team.daily_usd)))
-        caps.append((CapKey("team", plan.team_id, "month", month), _or_uncapped(team.monthly_usd)))
+        caps.append((CapKey("team", team_id, "day", day), _or_uncapped(team.daily_usd)))
+        caps.append((CapKey("team", team_id, "month", month), _or_uncapped(team.monthly_usd)))
         return caps
 
     async def reserve(self, plan: AttemptPlan, new_request: dict[str, Any] | None = None) -> Reservation:
@@ -141,7 +141,7 @@ class Budget:
         if plan.strong_model is not None:
             strong_price = self.catalog.price(plan.strong_model, at, plan.input_token_bound)
             strong_equiv = strong_price.worst_case(plan.input_token_bound, plan.max_tokens)
-        applicable = self._applicable(day, plan)
+        applicable = self._applicable(day, plan.team_id, plan.team_caps)
         try:
             return await self._reserve(plan, new_request, applicable, price, amount, strong_equiv, at)
         except _StaleCapRows:
@@ -333,6 +333,39 @@ class Budget:
                     logger.warning("attempt %s was settled by the sweeper first", reservation.attempt_id)
                 cost = earlier.cost_usd
         return cost
+
+    async def hold_batch(self, batch: BatchHold, items: list[HeldItem], team_caps: TeamCaps) -> int:
+        """Hold a Message Batch's worst case (the sum of its items') and write its ledger rows, or raise
+        CostCapExceeded; returns the `job_batches` id."""
+        applicable = self._applicable(batch.now.date(), batch.team_id, team_caps)
+        keys = [key for key, _ in applicable]
+        amount = sum((item.reserved for item in items), Decimal(0))
+        for _ in range(_RESERVE_TRIES):
+            ids = await self._cap_row_ids(applicable)
+            try:
+                async with self._money_slots, self.db.autocommit() as connection:
+                    result = await JobLedger(connection).hold(batch, ids, items)
+            except StaleSnapshot:
+                continue  # a stale cap row, or an item another worker claimed: look again
+            if not result.complete:
+                self._cap_ids.clear()
+                continue
+            if result.batch_id is not None:
+                return result.batch_id
+            refused = {i: room for i, room in result.remaining.items() if room < amount}
+            if refused:
+                raise self._refusal(keys, ids, refused, amount)
+        raise DatabaseUnavailable("the cap rows are too contended to hold a batch on; retry")
+
+    async def settle_batch(self, batch_id: int, cap_ids: list[int], lines: list[ResultLine]) -> SettleResult:
+        """Settle result lines of a batch in one statement; lines already settled are charged nothing."""
+        for _ in range(_RESERVE_TRIES):
+            try:
+                async with self._money_slots, self.db.autocommit() as connection:
+                    return await JobLedger(connection).settle(batch_id, cap_ids, lines, self.clock())
+            except StaleSnapshot:
+                continue
+        raise DatabaseUnavailable("the cap rows are too contended to settle a batch on; retry")
 
     async def record_request(
         self, request_id: uuid.UUID, values: dict[str, Any], new_request: dict[str, Any] | None = None

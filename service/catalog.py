@@ -7,6 +7,7 @@ was charged at, so a later price change never rewrites history.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -59,11 +60,27 @@ class PriceRow:
     output: Decimal
     # Long-context tier: the row applies to prompts of more than this many tokens.
     above_prompt_tokens: int = 0
+    batch: bool = False  # the Message Batches rates: every price at BATCH_DISCOUNT
 
     @property
     def id(self) -> str:
         tier = f"/above-{self.above_prompt_tokens // 1000}k" if self.above_prompt_tokens else ""
-        return f"{self.model}@{self.effective_from.isoformat()}{tier}"
+        return f"{self.model}@{self.effective_from.isoformat()}{tier}{'/batch' if self.batch else ''}"
+
+    def for_batch(self) -> PriceRow:
+        """This row at the Message Batches rates. A ledger row stores these prices, so that its cost is its
+        tokens times its own prices, batch or not."""
+        if self.batch:
+            return self
+        return dataclasses.replace(
+            self,
+            input=self.input * BATCH_DISCOUNT,
+            cache_write_5m=self.cache_write_5m * BATCH_DISCOUNT,
+            cache_write_1h=self.cache_write_1h * BATCH_DISCOUNT,
+            cache_read=self.cache_read * BATCH_DISCOUNT,
+            output=self.output * BATCH_DISCOUNT,
+            batch=True,
+        )
 
     def cost(self, usage: TokenUsage, *, batch: bool = False) -> Decimal:
         total = (

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import Table, TextClause, bindparam, text
+from sqlalchemy import Row, Table, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.tables import Attempt, Request
@@ -66,20 +67,10 @@ def _placeholders(prefix: str, columns: tuple[str, ...]) -> str:
     return ", ".join(f":{prefix}{c}" for c in columns)
 
 
-@functools.lru_cache(maxsize=16)
-def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, ...]) -> TextClause:
-    insert_request = (
-        f"""
-        request AS (
-            INSERT INTO requests ({", ".join(request_columns)})
-            SELECT {_placeholders("r_", request_columns)} FROM tally WHERE tally.whole
-            ON CONFLICT (id) DO NOTHING
-        ),"""
-        if request_columns
-        else ""
-    )
-    sql = f"""
-        WITH locked AS (
+# Common table expressions that hold `:amount` on every cap row of `:cap_ids` or on none: `locked` (each row's
+# room before), `verdict` (complete, fits) and `tally` (whole: held on all rows). Shared with service.job_ledger.
+HOLD = """
+        locked AS (
             SELECT id, cap_usd, spent_usd, reserved_usd, overrun_usd, cap_usd - spent_usd - reserved_usd AS remaining
             FROM caps WHERE id = ANY(:cap_ids) ORDER BY id FOR UPDATE
         ),
@@ -104,7 +95,23 @@ def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, .
                    -- A partial reservation must never commit: dividing by zero fails the whole statement.
                    1 / (CASE WHEN count(*) IN (0, :cap_count) THEN 1 ELSE 0 END) AS guard
             FROM reserved
-        ),{insert_request}
+        )"""
+
+
+@functools.lru_cache(maxsize=16)
+def _reserve_sql(request_columns: tuple[str, ...], attempt_columns: tuple[str, ...]) -> TextClause:
+    insert_request = (
+        f"""
+        request AS (
+            INSERT INTO requests ({", ".join(request_columns)})
+            SELECT {_placeholders("r_", request_columns)} FROM tally WHERE tally.whole
+            ON CONFLICT (id) DO NOTHING
+        ),"""
+        if request_columns
+        else ""
+    )
+    sql = f"""
+        WITH {HOLD},{insert_request}
         attempt AS (
             INSERT INTO attempts ({", ".join(attempt_columns)})
             SELECT {_placeholders("a_", attempt_columns)} FROM tally WHERE tally.whole
@@ -177,6 +184,16 @@ _HELD = text(
 ).bindparams(bindparam("request_id", type_=_ATTEMPTS.c.request_id.type))
 
 
+async def guarded(connection: AsyncConnection, statement: TextClause, params: dict[str, Any]) -> Sequence[Row[Any]]:
+    """Run a statement with a partial-charge guard; the guard firing raises StaleSnapshot (run it again)."""
+    try:
+        return (await connection.execute(statement, params)).all()
+    except sqlalchemy.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _DIVISION_BY_ZERO:
+            raise StaleSnapshot from exc
+        raise
+
+
 class ChargeRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
@@ -189,12 +206,7 @@ class ChargeRepository:
         params: dict[str, Any] = {"cap_ids": cap_ids, "cap_count": len(cap_ids), "amount": amount}
         params |= {f"r_{k}": v for k, v in request.items()}
         params |= {f"a_{k}": v for k, v in attempt.items()}
-        try:
-            rows = (await self.connection.execute(statement, params)).all()
-        except sqlalchemy.exc.DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == _DIVISION_BY_ZERO:
-                raise StaleSnapshot from exc
-            raise
+        rows = await guarded(self.connection, statement, params)
         return ReserveResult(
             attempt_id=rows[0].attempt_id,
             remaining={r.cap_id: r.remaining for r in rows if r.cap_id is not None},

@@ -12,6 +12,7 @@ import secrets
 import sys
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -38,6 +39,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+
+    commands.add_parser("worker", help="run the job worker (Message Batches); several may run at once")
+
+    jobs = commands.add_parser("jobs", help="bulk jobs through the service's API").add_subparsers(
+        dest="action", required=True
+    )
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url", default=os.environ.get("CASCADE_URL", "http://127.0.0.1:8000"), help="the service (CASCADE_URL)"
+    )
+    client.add_argument("--key", default=os.environ.get("CASCADE_API_KEY"), help="a team's API key (CASCADE_API_KEY)")
+    submit = jobs.add_parser("submit", parents=[client], help='submit a JSONL file of {"text", "id"?} lines')
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--labels", required=True, help="the allowed labels, comma-separated")
+    submit.add_argument("--instructions")
+    submit.add_argument("--threshold")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    for action, help_ in (
+        ("status", "a job's status and counts"),
+        ("results", "stream a job's results as JSONL to stdout"),
+        ("cancel", "cancel a job"),
+        ("wait", "show a job's progress until it ends"),
+    ):
+        jobs.add_parser(action, parents=[client], help=help_).add_argument("id")
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema")
     migrate.add_argument("--revision", default="head")
@@ -108,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
             _simulator(args)
         elif args.command == "report":
             asyncio.run(_report(settings, args))
+        elif args.command == "worker":
+            _worker(settings)
+        elif args.command == "jobs":
+            asyncio.run(_jobs(args))
         else:
             asyncio.run(_manage(settings, args))
     except ConfigurationError as exc:
@@ -164,6 +193,64 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
             backlog=2048,
         )
+
+
+def _worker(settings: Settings) -> None:
+    """The job loop (and the reservation sweeper) until SIGTERM or SIGINT; the pass in progress finishes."""
+    import signal
+
+    from service import logs
+    from service.database import resolve_url
+    from service.runtime import Runtime
+
+    logs.configure(settings.log_level)
+    Runtime.check(settings)
+    asyncio.run(_check_schema(settings))
+
+    async def work() -> None:
+        runtime = Runtime.build(settings, resolve_url(settings))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await runtime.start()
+            async with runtime.sweeping():
+                await runtime.worker.run(stop)
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(work())
+
+
+async def _jobs(args: argparse.Namespace) -> None:
+    from service.job_client import JobClient, JobClientError, stdout_binary, summary
+
+    if not args.key:
+        raise ConfigurationError("an API key is needed: --key or CASCADE_API_KEY")
+    client = JobClient(args.url, args.key)
+    console = Console(stderr=True)
+    try:
+        if args.action == "submit":
+            labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+            job = await client.submit(args.file, labels, args.instructions, args.threshold)
+            if args.no_wait:
+                print(job["id"])
+                return
+            console.print(f"job {job['id']}: {job['item_count']} items")
+            print(summary(await client.wait(job["id"], console)))
+        elif args.action == "wait":
+            print(summary(await client.wait(args.id, console)))
+        elif args.action == "status":
+            print(summary(await client.status(args.id)))
+        elif args.action == "cancel":
+            print(summary(await client.cancel(args.id)))
+        elif args.action == "results":
+            lines = await client.results(args.id, stdout_binary())
+            console.print(f"{lines} result lines")
+    except JobClientError as exc:
+        print(f"cascade: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
 
 
 def _has(module: str) -> bool:

@@ -71,7 +71,8 @@ class LedgerRepository:
                 Attempt.strong_equiv_usd,
                 Attempt.model,
             )
-            .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff)
+            # A Message Batch's requests are its job's worker's to settle (service.job_ledger).
+            .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff, Attempt.batch_id.is_(None))
             .order_by(Attempt.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -107,7 +108,7 @@ class LedgerRepository:
         strong = select(Attempt.id).where(Attempt.request_id == Request.id, Attempt.stage == "strong").exists()
         result = await self.session.execute(
             update(Request)
-            .where(Request.status == "pending", Request.created_at < cutoff, ~held)
+            .where(Request.status == "pending", Request.created_at < cutoff, Request.job_id.is_(None), ~held)
             .values(
                 status="failed",
                 error_type="abandoned",

@@ -51,6 +51,15 @@ class MessageRequest:
         return int(self.body["max_tokens"])
 
 
+def text_problem(text: str, max_chars: int) -> str | None:
+    """Why a text cannot be classified, or None."""
+    if not text.strip():
+        return "text must not be empty"
+    if len(text) > max_chars:
+        return f"text is {len(text)} characters; the limit is {max_chars}"
+    return None
+
+
 def answer_schema(labels: tuple[str, ...]) -> dict[str, Any]:
     return {
         "type": "object",

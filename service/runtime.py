@@ -15,12 +15,14 @@ from service.catalog import Catalog
 from service.database import Database
 from service.errors import ConfigurationError, DatabaseUnavailable
 from service.idempotency import Idempotency
+from service.jobs import Jobs
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.reports import Reports
 from service.settings import Settings
 from service.teams import Teams
 from service.upstream import Upstream
+from service.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class Runtime:
     limiter: RateLimiter
     reports: Reports
     metrics: Metrics
+    jobs: Jobs
+    worker: Worker
 
     @staticmethod
     def check(settings: Settings, *, warn: bool = True) -> str:
@@ -73,6 +77,8 @@ class Runtime:
             limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
             reports=Reports(db, catalog, settings.cheap_model, settings.strong_model, settings.report_concurrency),
             metrics=metrics,
+            jobs=Jobs(db, settings),
+            worker=Worker(budget, upstream, catalog, settings),
         )
 
     async def start(self) -> None:
@@ -104,6 +110,23 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """Run the job worker alongside; on exit it finishes the pass it is in (every step of which is safe to
+        interrupt, so a second signal may cut it short)."""
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.worker.run(stop), name="job-worker")
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_grace_s)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def metrics_text(self) -> bytes:
         """The /metrics exposition; the database gauges are left out (database_up 0) when it does not answer."""

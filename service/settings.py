@@ -128,6 +128,66 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_BATCH_CONCURRENCY",
         description="Items of one batch call classified at once.",
     )
+    max_job_items: int = Field(
+        default=1_000_000, ge=1, validation_alias="CASCADE_MAX_JOB_ITEMS", description="Most items in one job."
+    )
+    max_job_body_bytes: int = Field(
+        default=512_000_000,
+        ge=1024,
+        validation_alias="CASCADE_MAX_JOB_BODY_BYTES",
+        description="Largest body of POST /v1/jobs, inline JSON or an uploaded JSONL file (413 past it).",
+    )
+    run_worker: bool = Field(
+        default=False,
+        validation_alias="CASCADE_RUN_WORKER",
+        description="Run the job worker inside `cascade serve` as well (one per process); `cascade worker` runs "
+        "it alone.",
+    )
+    job_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias="CASCADE_JOB_POLL_S",
+        description="How often the worker looks for due jobs, and rechecks a job waiting on Message Batches.",
+    )
+    job_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias="CASCADE_JOB_LEASE_S",
+        description="How long a worker's claim on a job lasts without renewal; a dead worker's jobs are taken "
+        "over after it.",
+    )
+    job_submit_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias="CASCADE_JOB_SUBMIT_TIMEOUT_S",
+        description="Timeout of one Message Batch creation. A batch whose creation did not answer is in doubt "
+        "for this plus the lease before it is looked for at the API.",
+    )
+    job_batch_items: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000,
+        validation_alias="CASCADE_JOB_BATCH_ITEMS",
+        description="Most requests in one Message Batch.",
+    )
+    job_open_batches: int = Field(
+        default=20,
+        ge=1,
+        validation_alias="CASCADE_JOB_OPEN_BATCHES",
+        description="Most Message Batches one job has in progress at once (each holds its worst case on the caps).",
+    )
+    job_pause_recheck_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias="CASCADE_JOB_PAUSE_RECHECK_S",
+        description="How often a job paused on a cost cap tries again.",
+    )
+    worker_failpoint: str | None = Field(
+        default=None,
+        validation_alias="CASCADE_WORKER_FAILPOINT",
+        description="Testing only: the worker exits at once (as if killed) the first time it reaches this point "
+        "(after_hold, after_create, after_submitted, mid_ingest).",
+    )
     request_deadline_s: float = Field(
         default=30.0,
         gt=0,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.types.messages import MessageBatch
 
 from service.catalog import TokenUsage
 from service.prompt import MessageRequest
@@ -18,6 +22,8 @@ from service.prompt import MessageRequest
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504, 529}
 # Transport errors raised before any byte reached the API: nothing can have been billed.
 _NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+# What a call can end in besides a reply: API errors, the overall timeout, and a body that cannot be read.
+_READ_ERRORS = (anthropic.APIError, httpx2.HTTPError, TimeoutError, ValueError, TypeError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -167,39 +173,8 @@ class Upstream:
                     **body, timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
                 )
                 text, stop_reason, usage = read_message(raw.http_response.json())
-        except anthropic.APIStatusError as exc:
-            raise UpstreamFailure(
-                _outcome_for(exc.status_code),
-                _error_message(exc),
-                status=exc.status_code,
-                request_id=exc.request_id,
-                retry_after_s=retry_after(exc.response.headers),
-                # A gateway timeout reached the API and may have run (and been billed) anyway.
-                billed_unknown=exc.status_code == 504,
-                latency_ms=_ms_since(started),
-            ) from exc
-        except (anthropic.APITimeoutError, TimeoutError) as exc:
-            raise UpstreamFailure(
-                "timeout",
-                f"no answer within {timeout_s:.1f}s",
-                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
-                latency_ms=_ms_since(started),
-            ) from exc
-        except anthropic.APIConnectionError as exc:
-            raise UpstreamFailure(
-                "connection_error",
-                f"connection failed: {exc.__cause__ or exc}",
-                billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
-                latency_ms=_ms_since(started),
-            ) from exc
-        except (anthropic.APIResponseValidationError, ValueError, TypeError, AttributeError) as exc:
-            # A 200 whose body is not a Message: it may have been billed, and its usage is unreadable.
-            raise UpstreamFailure(
-                "malformed_response",
-                f"the API answered with a body that is not a Message: {type(exc).__name__}",
-                billed_unknown=True,
-                latency_ms=_ms_since(started),
-            ) from exc
+        except _READ_ERRORS as exc:
+            raise _failure(exc, timeout_s, started) from exc
         return UpstreamReply(
             text=text,
             stop_reason=stop_reason,
@@ -208,9 +183,111 @@ class Upstream:
             latency_ms=_ms_since(started),
         )
 
+    # The Message Batches API (service.worker runs it). Like `create`, none of these retries: the worker's
+    # loop comes back to whatever did not happen, on its next pass.
+
+    async def create_batch(self, requests: list[dict[str, Any]], timeout_s: float) -> str:
+        """Create a Message Batch and return its id. UpstreamFailure.billed_unknown here means the batch may
+        exist all the same (the reply was lost): the caller must find it before it submits those items again."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                batch = await self._client.messages.batches.create(
+                    requests=requests,  # type: ignore[arg-type]
+                    timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+                )
+        except _READ_ERRORS as exc:
+            raise _failure(exc, timeout_s, started) from exc
+        return batch.id
+
+    async def batch(self, batch_id: str) -> BatchView:
+        try:
+            return _view(await self._client.messages.batches.retrieve(batch_id))
+        except _READ_ERRORS as exc:
+            raise _failure(exc, 60.0, time.monotonic()) from exc
+
+    async def batches_since(self, since: datetime) -> list[BatchView]:
+        """The organisation's batches created at or after `since`, newest first."""
+        found: list[BatchView] = []
+        try:
+            async for batch in self._client.messages.batches.list(limit=100):
+                if batch.created_at < since:
+                    break
+                found.append(_view(batch))
+        except _READ_ERRORS as exc:
+            raise _failure(exc, 60.0, time.monotonic()) from exc
+        return found
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        try:
+            await self._client.messages.batches.cancel(batch_id)
+        except _READ_ERRORS as exc:
+            raise _failure(exc, 60.0, time.monotonic()) from exc
+
+    async def batch_results(self, batch_id: str) -> AsyncGenerator[dict[str, Any]]:
+        """The result lines of an ended batch, as JSON objects, in the order the API sends them."""
+        try:
+            async with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
+                async for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except _READ_ERRORS as exc:
+            raise _failure(exc, 600.0, time.monotonic()) from exc
+
     async def aclose(self) -> None:
         await self._client.close()
         await self._http.aclose()
+
+
+@dataclass(frozen=True)
+class BatchView:
+    id: str
+    ended: bool
+    request_count: int
+    created_at: datetime
+
+
+def _view(batch: MessageBatch) -> BatchView:
+    counts = batch.request_counts
+    total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+    return BatchView(batch.id, batch.processing_status == "ended", total, batch.created_at)
+
+
+def _failure(exc: Exception, timeout_s: float, started: float) -> UpstreamFailure:
+    """An API error as an UpstreamFailure; `billed_unknown`: the request may have taken effect (been billed)."""
+    if isinstance(exc, anthropic.APIStatusError):
+        # A gateway timeout reached the API and may have run (and been billed) anyway.
+        return UpstreamFailure(
+            _outcome_for(exc.status_code),
+            _error_message(exc),
+            status=exc.status_code,
+            request_id=exc.request_id,
+            retry_after_s=retry_after(exc.response.headers),
+            billed_unknown=exc.status_code == 504,
+            latency_ms=_ms_since(started),
+        )
+    if isinstance(exc, anthropic.APITimeoutError | TimeoutError):
+        # httpx timeouts are per phase (a trickling body resets the read timeout); asyncio's is overall.
+        return UpstreamFailure(
+            "timeout",
+            f"no answer within {timeout_s:.1f}s",
+            billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
+            latency_ms=_ms_since(started),
+        )
+    if isinstance(exc, anthropic.APIConnectionError):
+        return UpstreamFailure(
+            "connection_error",
+            f"connection failed: {exc.__cause__ or exc}",
+            billed_unknown=not isinstance(exc.__cause__, _NOT_SENT),
+            latency_ms=_ms_since(started),
+        )
+    # A 200 whose body is not what was asked for: it may have been billed, and its usage is unreadable.
+    return UpstreamFailure(
+        "malformed_response",
+        f"the API answered with a body that is not a Message: {type(exc).__name__}",
+        billed_unknown=True,
+        latency_ms=_ms_since(started),
+    )
 
 
 def _error_message(exc: anthropic.APIStatusError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from service.api import admin, batch, classify, dashboard, health, metrics, reports, requests, spend
+from service.api import admin, batch, classify, dashboard, health, jobs, metrics, reports, requests, spend
 from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
@@ -31,10 +32,11 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
         app.state.sessions = sessions
         try:
             await runtime.start()
-            if sweeper:
-                async with runtime.sweeping():
-                    yield
-            else:
+            async with contextlib.AsyncExitStack() as background:
+                if sweeper:
+                    await background.enter_async_context(runtime.sweeping())
+                if settings.run_worker:
+                    await background.enter_async_context(runtime.working())
                 yield
         finally:
             await runtime.aclose()
@@ -43,6 +45,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
         route_handlers=[
             classify.classify,
             batch.route(settings),
+            jobs.router(settings),
             requests.get_request,
             reports.escalations,
             reports.costs,

@@ -19,7 +19,7 @@ from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejecte
 from service.idempotency import body_hash
 from service.keys import Caller
 from service.logs import annotate
-from service.prompt import Task
+from service.prompt import Task, text_problem
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -29,10 +29,8 @@ _RESPONSES = documented(400, 401, 402, 409, 413, 422, 429, 502, 503, 504)
 
 
 def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings: Settings) -> ClassifyCommand:
-    if not data.text.strip():
-        raise InvalidInput("text must not be empty", field="text")
-    if len(data.text) > settings.max_text_chars:
-        raise InvalidInput(f"text is {len(data.text)} characters; the limit is {settings.max_text_chars}", field="text")
+    if (problem := text_problem(data.text, settings.max_text_chars)) is not None:
+        raise InvalidInput(problem, field="text")
     if not 2 <= len(data.labels) <= settings.max_labels:
         raise InvalidInput(f"labels must have between 2 and {settings.max_labels} entries", field="labels")
     for label in data.labels:
