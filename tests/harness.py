@@ -142,9 +142,11 @@ async def assert_ledger_invariants(db: Database, *, requests_finished: bool = Tr
         assert cap.spent_usd == sum((a.cost_usd or Decimal(0) for a in in_scope), Decimal(0)), (
             f"cap {cap.scope}/{cap.period} spent {cap.spent_usd} != ledger sum"
         )
+    own: dict[uuid.UUID, Decimal] = {}
+    for a in attempts:
+        own[a.request_id] = own.get(a.request_id, Decimal(0)) + (a.cost_usd or Decimal(0))
     for request in requests:
-        own = [a.cost_usd or Decimal(0) for a in attempts if a.request_id == request.id]
-        assert request.cost_usd == sum(own, Decimal(0)), f"request {request.id} cost differs from its attempts"
+        assert request.cost_usd == own.get(request.id, Decimal(0)), f"request {request.id} cost differs"
         assert not requests_finished or request.status != "pending", f"request {request.id} left pending"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -15,8 +16,9 @@ from sqlalchemy import select
 from service.database import Database
 from service.settings import Settings
 from service.simulator import Simulator
-from service.tables import Attempt, JobBatch, Request
-from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
+from service.tables import Attempt, Cap, JobBatch, Request
+from service.teams import Teams
+from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service, team_id_of
 
 TEXTS = [
     "I love this product, it works perfectly.",
@@ -38,7 +40,9 @@ async def jobs_service(
         yield running
 
 
-async def wait_for(service: Service, job_id: str, *, until: tuple[str, ...] = ("done",), timeout_s: float = 60) -> dict[str, Any]:
+async def wait_for(
+    service: Service, job_id: str, *, until: tuple[str, ...] = ("done",), timeout_s: float = 60
+) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         response = await service.client.get(f"/v1/jobs/{job_id}", headers=service.auth)
@@ -122,7 +126,9 @@ async def test_a_malformed_upload_is_refused_whole(jobs_service: Service) -> Non
     service = jobs_service
     params = [("labels", label) for label in SENTIMENT]
     headers = service.auth | {"Content-Type": "application/x-ndjson"}
-    bad = await service.client.post("/v1/jobs/jsonl", params=params, content=b'{"text": "ok"}\n{oops\n', headers=headers)
+    bad = await service.client.post(
+        "/v1/jobs/jsonl", params=params, content=b'{"text": "ok"}\n{oops\n', headers=headers
+    )
     body = assert_error(bad, 422, "invalid_request")
     assert "line 2" in body["error"]["message"]
     empty = await service.client.post("/v1/jobs/jsonl", params=params, content=b"", headers=headers)
@@ -147,3 +153,45 @@ async def test_jobs_are_scoped_to_their_team(jobs_service: Service) -> None:
     assert_error(missing, 404, "not_found")
     assert (await service.client.get("/v1/jobs", headers=other)).json()["jobs"] == []
     await wait_for(service, job_id)
+
+
+async def team_spent(db: Database, team_id: uuid.UUID) -> tuple[Decimal, Decimal]:
+    """The team's day cap row: (spent, cap)."""
+    async with db.transaction() as session:
+        cap = (await session.scalars(select(Cap).where(Cap.team_id == team_id, Cap.period == "day"))).one()
+        return cap.spent_usd, cap.cap_usd
+
+
+async def test_a_job_under_a_cap_pauses_spends_no_more_and_finishes_when_the_cap_is_raised(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> None:
+    settings = make_settings(**FAST, CASCADE_JOB_BATCH_ITEMS=10)
+    body = {"items": items(60), "labels": SENTIMENT}
+    async with running_service(settings, database_url, db, sim, team="uncapped") as service:
+        free = (await service.client.post("/v1/jobs", json=body, headers=service.auth)).json()
+        whole = Decimal((await wait_for(service, free["id"]))["cost_usd"])
+        cap = (whole / 3).quantize(Decimal("0.000001"))
+        teams = Teams(db)
+        await teams.create("capped", daily=cap)
+        capped = {"Authorization": f"Bearer {await service.new_key('capped')}"}
+        capped_id = await team_id_of(db, "capped")
+        job = (await service.client.post("/v1/jobs", json=body, headers=capped)).json()
+        service.key = capped["Authorization"].removeprefix("Bearer ")
+        paused = await wait_for(service, job["id"], until=("paused_cost_cap",))
+        assert "team daily cost cap" in paused["status_detail"]
+        await asyncio.sleep(0.5)  # it stays paused, and spends nothing more
+        spent, limit = await team_spent(db, capped_id)
+        assert limit == cap and spent <= cap
+        assert (
+            spent > 0 and Decimal((await wait_for(service, job["id"], until=("paused_cost_cap",)))["cost_usd"]) == spent
+        )
+        partial = await results(service, job["id"])
+        assert 0 < len(partial) < 60
+        await teams.set_caps("capped", cap * 10, None, datetime.now(UTC).date())
+        done = await wait_for(service, job["id"])
+        lines = await results(service, job["id"])
+        assert [line["id"] for line in lines] == [f"item-{i}" for i in range(60)]
+        assert all(line["status"] == "done" for line in lines)
+        # The same items cost the same, paused or not.
+        assert Decimal(done["cost_usd"]) == whole
+        await assert_ledger_invariants(db)
