@@ -78,6 +78,19 @@ _FINISH_REQUEST = ("status", "label", "confidence", "model", "error_type", "erro
 _KEEP_REQUEST = ("escalated", "escalation_reason", "cheap_label", "cheap_confidence")
 
 
+# How these statements are planned matters more than anything else here. The lines come as an unnest() of array
+# parameters and are joined to a large table (attempts, job_items). If the planner underestimates that table's
+# side, it drives a nested loop from it and re-evaluates the unnest for every row: quadratic, and a 10,000-item
+# batch then takes minutes (seen: 92 s for 2,000 lines, every retry cut by the statement timeout, so the job never
+# moved). Its estimate of a table's size is sound (it scales by the current pages), but its selectivity of
+# `state = 'reserved'` or `batch_id = :id` is not: the statistics may date from before the job's rows existed.
+# So the big table gets no restriction of its own: every condition on it compares it with a column of the lines
+# (constants ride along in the MATERIALIZED lines, which the planner cannot fold back into constants), and only
+# its primary key is indexable. Its side is then estimated at its whole size, and the only plans left are linear:
+# each line looks its row up by primary key, or the table is hashed against the lines once.
+_PLAN_NOTE = "joined on the primary key, every other condition against the lines: see service.job_ledger"
+
+
 def _array(name: str, type_: TypeEngine[Any]) -> Any:
     return bindparam(name, type_=ARRAY(type_))
 
@@ -96,8 +109,8 @@ def _hold_sql(first_stage: bool) -> TextClause:
             INSERT INTO requests (id, team_id, status, task_hash, labels, instructions, threshold, text_chars,
                                   cheap_model, strong_model, created_at, job_id)
             SELECT claimed.request_id, :team_id, 'pending', :task_hash, :labels, :instructions, :threshold,
-                   u.text_chars, :cheap_model, :strong_model, :now, :job_id
-            FROM claimed JOIN u USING (seq)
+                   claimed.text_chars, :cheap_model, :strong_model, :now, :job_id
+            FROM claimed
             ON CONFLICT (id) DO NOTHING
         ),"""
         if first_stage
@@ -111,11 +124,16 @@ def _hold_sql(first_stage: bool) -> TextClause:
             FROM tally WHERE tally.whole
             RETURNING id
         ),
+        u AS MATERIALIZED (
+            SELECT *, CAST(:job_id AS UUID) AS job_id, CAST(:from_state AS VARCHAR) AS from_state
+            FROM {_unnest("i_", _HOLD_ITEM)}
+        ),
         claimed AS (
+            -- {_PLAN_NOTE}
             UPDATE job_items ji SET state = :to_state, batch_id = batch.id, attempts = ji.attempts + 1
-            FROM batch
-            WHERE ji.job_id = :job_id AND ji.seq = ANY(:i_seq) AND ji.state = :from_state
-            RETURNING ji.seq, ji.request_id, ji.attempts
+            FROM batch, u
+            WHERE ji.job_id = u.job_id AND ji.seq = u.seq AND ji.state = u.from_state
+            RETURNING ji.request_id, ji.attempts, u.*
         ),
         claim_guard AS (
             -- Every item or none: an item no longer pending (another worker's) fails the statement.
@@ -123,7 +141,7 @@ def _hold_sql(first_stage: bool) -> TextClause:
                         THEN 1 ELSE 0 END) AS ok
             FROM claimed
         ),
-        u AS (SELECT * FROM {_unnest("i_", _HOLD_ITEM)}),{insert_requests}
+{insert_requests}
         attempt AS (
             INSERT INTO attempts (request_id, team_id, request_created_at, task_hash, attempt_no, stage, model,
                                   state, cap_ids, billing_day, reserved_usd, input_token_bound, max_tokens,
@@ -131,10 +149,11 @@ def _hold_sql(first_stage: bool) -> TextClause:
                                   price_cache_read, price_output, reserved_at, strong_equiv_usd, batch_id)
             SELECT claimed.request_id, :team_id,
                    coalesce((SELECT r.created_at FROM requests r WHERE r.id = claimed.request_id), :now),
-                   :task_hash, claimed.attempts, :stage, :model, 'reserved', :cap_ids, :billing_day, u.reserved,
-                   u.bound, :max_tokens, u.price_id, u.price_input, u.price_cache_write_5m,
-                   u.price_cache_write_1h, u.price_cache_read, u.price_output, :now, u.strong_equiv, batch.id
-            FROM claimed JOIN u USING (seq) CROSS JOIN batch
+                   :task_hash, claimed.attempts, :stage, :model, 'reserved', :cap_ids, :billing_day,
+                   claimed.reserved, claimed.bound, :max_tokens, claimed.price_id, claimed.price_input,
+                   claimed.price_cache_write_5m, claimed.price_cache_write_1h, claimed.price_cache_read,
+                   claimed.price_output, :now, claimed.strong_equiv, batch.id
+            FROM claimed CROSS JOIN batch
             RETURNING 1
         )
         SELECT (SELECT id FROM batch) AS batch_id, verdict.complete, tally.guard,
@@ -182,15 +201,19 @@ def _settle_sql() -> TextClause:
     finish = "".join(f", {c} = CASE WHEN u.finish THEN u.r_{c} ELSE r.{c} END" for c in _FINISH_REQUEST)
     keep = "".join(f", {c} = coalesce(u.r_{c}, r.{c})" for c in _KEEP_REQUEST)
     sql = f"""
-        WITH u AS (SELECT * FROM {_unnest("", _SETTLE_LINE)}),
+        WITH u AS MATERIALIZED (
+            SELECT *, CAST(:batch_id AS BIGINT) AS batch_id, CAST('reserved' AS VARCHAR) AS from_state
+            FROM {_unnest("", _SETTLE_LINE)}
+        ),
         held AS (
+            -- {_PLAN_NOTE}; "+ 0" keeps ix_attempts_batch out of it
             UPDATE attempts a
             SET state = 'settled', {set_attempt},
                 strong_equiv_usd = coalesce(u.strong_equiv, a.strong_equiv_usd),
                 settled_by = 'holder', settled_at = :now
             FROM u
-            WHERE a.id = u.attempt_id AND a.state = 'reserved' AND a.batch_id = :batch_id
-            RETURNING a.id, a.request_id, a.reserved_usd, a.cost_usd, a.strong_equiv_usd, a.stage
+            WHERE a.id = u.attempt_id AND a.state = u.from_state AND (a.batch_id + 0) = u.batch_id
+            RETURNING a.id, a.request_id, a.reserved_usd, a.cost_usd, a.strong_equiv_usd, a.stage, u.*
         ),
         totals AS (
             SELECT count(*) AS n, coalesce(sum(cost_usd), 0) AS cost, coalesce(sum(reserved_usd), 0) AS reserved
@@ -219,21 +242,21 @@ def _settle_sql() -> TextClause:
         ),
         request AS (
             UPDATE requests r
-            SET cost_usd = r.cost_usd + held.cost_usd,
+            SET cost_usd = r.cost_usd + u.cost_usd,
                 all_strong_cost_usd = r.all_strong_cost_usd
-                    + CASE WHEN held.stage = 'cheap' THEN coalesce(held.strong_equiv_usd, 0) ELSE 0 END,
+                    + CASE WHEN u.stage = 'cheap' THEN coalesce(u.strong_equiv_usd, 0) ELSE 0 END,
                 finished_at = CASE WHEN u.finish THEN :now ELSE r.finished_at END,
                 latency_ms = CASE WHEN u.finish
                     THEN (extract(epoch FROM (:now - r.created_at)) * 1000)::int ELSE r.latency_ms END
                 {finish}{keep}
-            FROM held JOIN u ON u.attempt_id = held.id
-            WHERE r.id = held.request_id
+            FROM held u
+            WHERE r.id = u.request_id
             RETURNING r.id
         ),
         item AS (
             UPDATE job_items ji SET state = u.item_state, error = u.item_error, batch_id = NULL
-            FROM held JOIN u ON u.attempt_id = held.id
-            WHERE ji.request_id = held.request_id
+            FROM held u
+            WHERE ji.request_id = u.request_id
             RETURNING ji.seq
         )
         SELECT (SELECT n FROM totals) AS settled, (SELECT cost FROM totals) AS cost, (SELECT ok FROM guard) AS ok,

@@ -172,6 +172,7 @@ class Worker:
 
     async def _progress(self, run: _JobTask, batch: JobBatch) -> bool:
         """Move one open batch on; True if it is finished with (ingested or released)."""
+        await self._renew(run.job.id)  # a pass over many batches can outlast one lease
         if batch.state == "submitting":
             return await self._resolve(run, batch)
         assert batch.anthropic_id is not None
@@ -236,15 +237,18 @@ class Worker:
             lines.append(self._result(run, batch, attempt, line))
             if len(lines) >= _SETTLE_LINES:
                 await self._settle(batch, lines)
+                await self._renew(run.job.id)
                 lines = []
                 chunks += 1
                 if chunks == 1:
                     self._fail_at("mid_ingest")
+        missing = len(held)
         for attempt in held.values():
             lines.append(self._unknown(run, batch, attempt))
         await self._settle(batch, lines)
         async with self._jobs() as jobs:
             await jobs.mark_batch(batch.id, "ingested")
+        logger.info("job %s: batch %s ingested (%d without a result line)", run.job.id, batch.id, missing)
 
     async def _settle(self, batch: JobBatch, lines: list[ResultLine]) -> None:
         for start in range(0, len(lines), _SETTLE_LINES):

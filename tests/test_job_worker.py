@@ -4,15 +4,17 @@ and the ledger balances. The worker runs as a real process against the simulator
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from service.database import Database
 from service.settings import Settings
@@ -35,15 +37,14 @@ async def api(
 
 
 async def start_worker(database_url: str, sim: Simulator, log: Path, **env: str) -> asyncio.subprocess.Process:
+    defaults = {
+        "CASCADE_JOB_POLL_S": "0.05",
+        "CASCADE_JOB_LEASE_S": "1",
+        "CASCADE_JOB_SUBMIT_TIMEOUT_S": "2",
+        "CASCADE_LOG_LEVEL": "INFO",
+    }
     environment = clean_env(
-        DATABASE_URL=database_url,
-        ANTHROPIC_API_KEY="sim",
-        ANTHROPIC_BASE_URL=sim.url,
-        CASCADE_JOB_POLL_S="0.05",
-        CASCADE_JOB_LEASE_S="1",
-        CASCADE_JOB_SUBMIT_TIMEOUT_S="2",
-        CASCADE_LOG_LEVEL="INFO",
-        **env,
+        DATABASE_URL=database_url, ANTHROPIC_API_KEY="sim", ANTHROPIC_BASE_URL=sim.url, **(defaults | env)
     )
     with log.open("ab") as sink:
         return await asyncio.create_subprocess_exec(CASCADE, "worker", env=environment, stdout=sink, stderr=sink)
@@ -139,3 +140,62 @@ async def test_a_worker_killed_at_random_again_and_again_still_ends_with_one_res
         worker.send_signal(signal.SIGTERM)
         await asyncio.wait_for(worker.wait(), 30)
     await check_job(api, job_id, n)
+
+
+async def test_a_job_of_100000_items_ends_with_one_result_each_and_a_ledger_at_batch_prices(
+    api: Service, database_url: str, db: Database, sim: Simulator, tmp_path: Path
+) -> None:
+    n = 100_000
+    # Statistics taken while the tables are empty, as on a fresh deployment: the job's statements must not depend
+    # on the planner knowing how many rows the job added (it once planned a settle quadratic in them).
+    async with db.autocommit() as connection:
+        await connection.execute(text("ANALYZE attempts, job_items, requests, job_batches"))
+    upload = "".join(json.dumps(item) + "\n" for item in items(n)).encode()
+    created = await api.client.post(
+        "/v1/jobs/jsonl",
+        params=[("labels", label) for label in SENTIMENT],
+        content=upload,
+        headers=api.auth | {"Content-Type": "application/x-ndjson"},
+    )
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    log = tmp_path / "worker.log"
+    room = {"CASCADE_DAILY_CAP_USD": "1000", "CASCADE_MONTHLY_CAP_USD": "1000"}
+    worker = await start_worker(
+        database_url, sim, log, CASCADE_JOB_LEASE_S="30", CASCADE_JOB_SUBMIT_TIMEOUT_S="60", **room
+    )
+    try:
+        done = await wait_for(api, job_id, timeout_s=240)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 30) == 0, log.read_text()[-3000:]
+    assert "will retry" not in log.read_text(), "no statement of the job should have failed or timed out"
+    lines = await results(api, job_id)
+    assert [line["id"] for line in lines] == [f"item-{i}" for i in range(n)], "one result per item, in order"
+    assert all(line["status"] == "done" for line in lines)
+    sent = sends_per_stage(sim, job_id, api.settings.cheap_model)
+    assert max(sent.values()) == 1
+    assert sum(1 for stage, _ in sent if stage == "strong") == done["counts"]["escalated"] > 0
+    async with db.autocommit() as connection:
+        ledger = (
+            await connection.execute(
+                text("""
+                    SELECT count(*) AS attempts,
+                           count(*) FILTER (WHERE state <> 'settled' OR batch_id IS NULL
+                                            OR price_id NOT LIKE '%/batch') AS off_batch,
+                           count(*) FILTER (WHERE cost_usd <> (input_tokens * price_input
+                               + cache_write_5m_tokens * price_cache_write_5m
+                               + cache_write_1h_tokens * price_cache_write_1h
+                               + cache_read_tokens * price_cache_read + output_tokens * price_output) / 1000000)
+                               AS mispriced,
+                           sum(cost_usd) AS cost
+                    FROM attempts
+                """)
+            )
+        ).one()
+        spent = await connection.scalar(
+            text("SELECT sum(spent_usd) FROM caps WHERE scope = 'global' AND period = 'day'")
+        )
+    assert ledger.attempts == n + done["counts"]["escalated"]
+    assert ledger.off_batch == 0 and ledger.mispriced == 0
+    assert Decimal(done["cost_usd"]) == ledger.cost == spent == sum((Decimal(x["cost_usd"]) for x in lines), Decimal(0))
