@@ -224,6 +224,8 @@ def _worker(settings: Settings) -> None:
 
 
 async def _jobs(args: argparse.Namespace) -> None:
+    import httpx
+
     from service.job_client import JobClient, JobClientError, stdout_binary, summary
 
     if not args.key:
@@ -250,6 +252,12 @@ async def _jobs(args: argparse.Namespace) -> None:
             console.print(f"{lines} result lines")
     except JobClientError as exc:
         print(f"cascade: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    except httpx.HTTPError as exc:
+        print(f"cascade: the service at {args.url} did not answer: {exc or type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    except OSError as exc:
+        print(f"cascade: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         raise SystemExit(1) from exc
 
 

@@ -120,7 +120,7 @@ def _hold_sql(first_stage: bool) -> TextClause:
         WITH {HOLD},
         batch AS (
             INSERT INTO job_batches (job_id, stage, state, model, item_count, cap_ids, reserved_usd, created_at)
-            SELECT :job_id, :stage, 'submitting', :model, :item_count, :cap_ids, :amount, :now
+            SELECT :job_id, :stage, 'submitting', :model, :item_count, :cap_ids, :amount, clock_timestamp()
             FROM tally WHERE tally.whole
             RETURNING id
         ),

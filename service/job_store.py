@@ -14,9 +14,11 @@ from sqlalchemy import Row, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.tables import Attempt, Job, JobBatch, JobItem, Request
+from service.tables import Job, JobBatch, JobItem, Request
 
-ACTIVE = ("queued", "running", "paused_cost_cap", "canceling")
+ACTIVE = ("queued", "running", "paused_cost_cap", "paused_upstream", "canceling")
+# What the worker may move a job between; a cancel (canceling) is only ever ended by the cancel path.
+RUNNABLE = ("queued", "running", "paused_cost_cap", "paused_upstream")
 ENDED_ITEM = ("done", "failed", "canceled")
 PENDING_STATE = {"cheap": "cheap_pending", "strong": "strong_pending"}
 SENT_STATE = {"cheap": "cheap_sent", "strong": "strong_sent"}
@@ -81,6 +83,7 @@ class BatchAttempt:
     request_id: uuid.UUID
     reserved_usd: Decimal
     strong_equiv_usd: Decimal | None
+    sends: int  # how many times the item has been sent at this ledger row's stage, this time included
 
 
 class JobStore:
@@ -173,11 +176,23 @@ class JobStore:
     async def release(self, job_id: uuid.UUID, owner: str, after_s: float) -> None:
         await self.connection.execute(_RELEASE, {"job_id": job_id, "owner": owner, "after_s": after_s})
 
-    async def set_status(self, job_id: uuid.UUID, status: str, detail: str | None, *, ended: bool = False) -> None:
+    async def set_status(
+        self, job_id: uuid.UUID, status: str, detail: str | None, *, from_: Sequence[str], ended: bool = False
+    ) -> bool:
+        """Move the job to `status` if it is still in one of `from_`; False if it has moved on (a cancel)."""
         values: dict[str, Any] = {"status": status, "status_detail": detail, "updated_at": func.clock_timestamp()}
         if ended:
             values["finished_at"] = func.clock_timestamp()
-        await self.connection.execute(update(Job).where(Job.id == job_id).values(**values))
+        result = await self.connection.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(from_)).values(**values).returning(Job.id)
+        )
+        return result.first() is not None
+
+    async def clock(self) -> datetime:
+        """The database's clock: batch creation times and doubts are measured by it, not by any worker's."""
+        now = await self.connection.scalar(select(func.clock_timestamp()))
+        assert isinstance(now, datetime)
+        return now
 
     async def pending(self, job_id: uuid.UUID, stage: str, limit: int) -> Sequence[Any]:
         return (
@@ -239,11 +254,23 @@ class JobStore:
     async def held_attempts(self, batch_id: int) -> dict[int, BatchAttempt]:
         """The batch's ledger rows that are still reserved, by item seq."""
         rows = await self.connection.execute(
-            select(Attempt.id, JobItem.seq, Attempt.request_id, Attempt.reserved_usd, Attempt.strong_equiv_usd)
-            .join(JobItem, JobItem.request_id == Attempt.request_id)
-            .where(Attempt.batch_id == batch_id, Attempt.state == "reserved")
+            text("""
+                SELECT a.id, ji.seq, a.request_id, a.reserved_usd, a.strong_equiv_usd,
+                       (SELECT count(*) FROM attempts s
+                        WHERE s.request_id = a.request_id AND s.stage = a.stage
+                          AND s.outcome IS DISTINCT FROM 'not_sent') AS sends
+                FROM attempts a JOIN job_items ji ON ji.request_id = a.request_id
+                WHERE a.batch_id = :batch_id AND a.state = 'reserved'
+            """),
+            {"batch_id": batch_id},
         )
-        return {r.seq: BatchAttempt(r.id, r.seq, r.request_id, r.reserved_usd, r.strong_equiv_usd) for r in rows}
+        return {
+            r.seq: BatchAttempt(r.id, r.seq, r.request_id, r.reserved_usd, r.strong_equiv_usd, r.sends) for r in rows
+        }
+
+    async def batch(self, batch_id: int) -> JobBatch:
+        row = (await self.connection.execute(select(JobBatch).where(JobBatch.id == batch_id))).one()
+        return JobBatch(**row._mapping)
 
 
 def _job(row: Row[Any]) -> Job:

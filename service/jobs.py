@@ -16,7 +16,7 @@ from service.budget import utcnow
 from service.database import Database
 from service.errors import InvalidInput, NotFound
 from service.job_store import ItemCounts, JobStore
-from service.prompt import Task, text_problem
+from service.prompt import Task, text_problem, unicode_problem
 from service.settings import Settings
 from service.tables import Job
 
@@ -71,6 +71,8 @@ class Jobs:
             for client_id, text in items:
                 if count >= self.settings.max_job_items:
                     raise InvalidInput(f"a job has at most {self.settings.max_job_items} items", field="items")
+                if client_id is not None and (bad := unicode_problem(client_id, f"item {count}: id")) is not None:
+                    raise InvalidInput(bad, field="items")
                 problem = text_problem(text, self.settings.max_text_chars)
                 rows.append(
                     {
@@ -115,8 +117,8 @@ class Jobs:
             await JobStore(connection).request_cancel(job_id, team_id)
         return await self.status(team_id, job_id)
 
-    async def results(self, team_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[dict[str, Any]]:
-        """One line per ended item, in input order, read a page at a time (no connection is held between
+    async def results(self, team_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[ResultRow]:
+        """One row per ended item, in input order, read a page at a time (no connection is held between
         pages, so a slow reader holds nothing)."""
         await self.status(team_id, job_id)  # NotFound before anything is streamed
         after = -1
@@ -124,28 +126,49 @@ class Jobs:
             async with self.db.autocommit() as connection:
                 page = await JobStore(connection).ended_items(job_id, after, _RESULT_PAGE)
             for row in page:
-                yield _result_line(row)
+                yield _result_row(row)
             if len(page) < _RESULT_PAGE:
                 return
             after = page[-1].seq
 
 
-def _result_line(row: Any) -> dict[str, Any]:
-    line: dict[str, Any] = {"id": row.item_id, "status": row.state}
-    if row.state == "done":
-        line |= {
-            "label": row.label,
-            "confidence": str(row.confidence),
-            "model": row.model,
-            "escalated": row.escalated,
-            "escalation_reason": row.escalation_reason,
-        }
-    else:
-        message = row.error or row.error_message
-        line["error"] = {"type": row.error_type or ("invalid_request" if row.error else row.state), "message": message}
-    line["cost_usd"] = str(row.cost_usd if row.cost_usd is not None else Decimal(0))
-    line["request_id"] = str(row.request_id) if row.request_id is not None else None
-    return line
+@dataclass(frozen=True)
+class ResultRow:
+    """An ended item: its answer (done), or why it has none."""
+
+    item_id: str
+    status: str  # done, failed, canceled
+    label: str | None
+    confidence: Decimal | None
+    model: str | None
+    escalated: bool
+    escalation_reason: str | None
+    error_type: str | None
+    error_message: str | None
+    cost_usd: Decimal
+    request_id: uuid.UUID | None
+
+
+_UNSENT = {"canceled": "the job was canceled before this item was sent"}
+
+
+def _result_row(row: Any) -> ResultRow:
+    done = row.state == "done"
+    return ResultRow(
+        item_id=row.item_id,
+        status=row.state,
+        label=row.label if done else None,
+        confidence=row.confidence if done else None,
+        model=row.model if done else None,
+        escalated=bool(row.escalated),
+        escalation_reason=row.escalation_reason,
+        error_type=None if done else (row.error_type or ("invalid_request" if row.error else row.state)),
+        error_message=None
+        if done
+        else (row.error or row.error_message or _UNSENT.get(row.state, f"the item ended {row.state}")),
+        cost_usd=row.cost_usd if row.cost_usd is not None else Decimal(0),
+        request_id=row.request_id,
+    )
 
 
 def progress(counts: ItemCounts) -> dict[str, Any]:

@@ -57,6 +57,17 @@ def text_problem(text: str, max_chars: int) -> str | None:
         return "text must not be empty"
     if len(text) > max_chars:
         return f"text is {len(text)} characters; the limit is {max_chars}"
+    return unicode_problem(text, "text")
+
+
+def unicode_problem(value: str, name: str) -> str | None:
+    """Why a string cannot be stored or sent as UTF-8 text (PostgreSQL's text refuses NUL), or None."""
+    if "\x00" in value:
+        return f"{name} must not contain NUL characters"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return f"{name} is not valid Unicode (it has a lone surrogate)"
     return None
 
 

@@ -135,7 +135,14 @@ class Settings(BaseSettings):
         default=512_000_000,
         ge=1024,
         validation_alias="CASCADE_MAX_JOB_BODY_BYTES",
-        description="Largest body of POST /v1/jobs, inline JSON or an uploaded JSONL file (413 past it).",
+        description="Largest JSONL upload to POST /v1/jobs/jsonl (413 past it).",
+    )
+    max_job_inline_bytes: int = Field(
+        default=64_000_000,
+        ge=1024,
+        validation_alias="CASCADE_MAX_JOB_INLINE_BYTES",
+        description="Largest inline JSON body of POST /v1/jobs (413 past it); it is parsed whole in memory, so "
+        "larger jobs are uploaded as JSONL, which is read a line at a time.",
     )
     run_worker: bool = Field(
         default=False,
@@ -169,6 +176,30 @@ class Settings(BaseSettings):
         le=10_000,
         validation_alias="CASCADE_JOB_BATCH_ITEMS",
         description="Most requests in one Message Batch.",
+    )
+    job_batch_bytes: int = Field(
+        default=200_000_000,
+        ge=1_000_000,
+        le=256_000_000,
+        validation_alias="CASCADE_JOB_BATCH_BYTES",
+        description="Most bytes of one Message Batch's requests, as sent (the API takes up to 256 MB); a batch of "
+        "long texts holds fewer items.",
+    )
+    job_item_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        validation_alias="CASCADE_JOB_ITEM_ATTEMPTS",
+        description="Most times an item is sent at one stage: a request that expired or errored transiently is "
+        "sent again in a later batch, up to this; then the cheap stage escalates it and the strong stage fails it.",
+    )
+    job_doubt_s: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias="CASCADE_JOB_DOUBT_S",
+        description="How long after a batch was held, by the database's clock, a worker waits for its creation "
+        "to be confirmed before it looks for it at the API (and releases it if absent). Must exceed "
+        "CASCADE_JOB_LEASE_S + CASCADE_JOB_SUBMIT_TIMEOUT_S.",
     )
     job_open_batches: int = Field(
         default=20,
@@ -288,3 +319,7 @@ class Settings(BaseSettings):
     def model_post_init(self, __context: object) -> None:
         if self.reservation_ttl_s <= self.request_deadline_s:
             raise ValueError("CASCADE_RESERVATION_TTL_S must be longer than CASCADE_REQUEST_DEADLINE_S")
+        if self.job_doubt_s <= self.job_lease_s + self.job_submit_timeout_s:
+            raise ValueError(
+                "CASCADE_JOB_DOUBT_S must be longer than CASCADE_JOB_LEASE_S + CASCADE_JOB_SUBMIT_TIMEOUT_S"
+            )

@@ -166,7 +166,8 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("request_id", "attempt_no", name="uq_attempts_request_attempt"),
         Index("ix_attempts_billing_day_team", "billing_day", "team_id"),
-        Index("ix_attempts_reserved", "reserved_at", postgresql_where="state = 'reserved'"),
+        # The sweeper's: a Message Batch's rows are its worker's to settle (they may stay reserved for a day).
+        Index("ix_attempts_reserved", "reserved_at", postgresql_where="state = 'reserved' AND batch_id IS NULL"),
         Index("ix_attempts_request_created", "request_created_at"),
         Index("ix_attempts_team_request_created", "team_id", "request_created_at"),
         Index("ix_attempts_batch", "batch_id", postgresql_where="batch_id IS NOT NULL"),
@@ -224,7 +225,7 @@ class Attempt(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("job_batches.id", ondelete="RESTRICT"))
 
 
-JOB_STATES = ("queued", "running", "paused_cost_cap", "canceling", "canceled", "done")
+JOB_STATES = ("queued", "running", "paused_cost_cap", "paused_upstream", "canceling", "canceled", "done")
 ITEM_STATES = ("cheap_pending", "cheap_sent", "strong_pending", "strong_sent", "done", "failed", "canceled")
 BATCH_STATES = ("submitting", "submitted", "ingested", "released")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from anthropic.types.messages import MessageBatch
 
 from service.catalog import TokenUsage
 from service.prompt import MessageRequest
+
+logger = logging.getLogger(__name__)
 
 # Statuses worth another attempt. A 429 without retry-after is a spend or tier cap: not retried.
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504, 529}
@@ -197,7 +200,12 @@ class Upstream:
                     timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
                 )
         except _READ_ERRORS as exc:
-            raise _failure(exc, timeout_s, started) from exc
+            failure = _failure(exc, timeout_s, started)
+            # A server error may come after the batch was committed (a proxy's 502 often does); only an overload
+            # (529) says for sure that nothing was created.
+            if failure.status is not None and failure.status >= 500 and failure.status != 529:
+                failure.billed_unknown = True
+            raise failure from exc
         return batch.id
 
     async def batch(self, batch_id: str) -> BatchView:
@@ -225,12 +233,22 @@ class Upstream:
             raise _failure(exc, 60.0, time.monotonic()) from exc
 
     async def batch_results(self, batch_id: str) -> AsyncGenerator[dict[str, Any]]:
-        """The result lines of an ended batch, as JSON objects, in the order the API sends them."""
+        """The result lines of an ended batch, as JSON objects, in the order the API sends them. A line that is
+        not a JSON object is skipped (its request then has no result, and is charged as unknown)."""
         try:
             async with self._client.messages.batches.with_streaming_response.results(batch_id) as response:
                 async for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
+                    if not line.strip():
+                        continue
+                    try:
+                        parsed = json.loads(line)
+                    except ValueError:
+                        logger.warning("batch %s: a result line is not JSON: %.200s", batch_id, line)
+                        continue
+                    if isinstance(parsed, dict):
+                        yield parsed
+                    else:
+                        logger.warning("batch %s: a result line is not an object: %.200s", batch_id, line)
         except _READ_ERRORS as exc:
             raise _failure(exc, 600.0, time.monotonic()) from exc
 

@@ -33,7 +33,7 @@ from service.caps import TeamCaps
 from service.catalog import Catalog, ModelInfo, PriceRow, TokenUsage
 from service.errors import CostCapExceeded, DatabaseUnavailable
 from service.job_ledger import BatchHold, HeldItem, ResultLine
-from service.job_store import PENDING_STATE, SENT_STATE, BatchAttempt, JobStore
+from service.job_store import PENDING_STATE, RUNNABLE, SENT_STATE, BatchAttempt, JobStore
 from service.policy import Answer, Defect, Unavailable, Verdict, escalation, read_answer
 from service.prompt import Task, build_request
 from service.settings import Settings
@@ -43,8 +43,11 @@ from service.upstream import Upstream, UpstreamFailure, read_message
 logger = logging.getLogger(__name__)
 
 _SETTLE_LINES = 2000  # result lines per settle statement
-_CLOCK_SLACK = timedelta(minutes=5)  # between our clock and the API's, when looking for a batch in doubt
+_CLOCK_SLACK = timedelta(minutes=5)  # between the database's clock and the API's, when looking for a batch in doubt
 _FAILPOINT_EXIT = 137
+_CUSTOM_ID_BYTES = 64  # a request's custom id and the JSON around its params, in a batch's size
+# A batch-level error that the next attempt may not see again; other errored requests were refused for good.
+_TRANSIENT_ERRORS = {"rate_limit_error", "api_error", "overloaded_error", "timeout_error"}
 
 
 class LeaseLost(Exception):
@@ -122,7 +125,8 @@ class Worker:
             return False
         after_s = self.settings.job_poll_s
         try:
-            after_s = await self.step(job_id)
+            async with self._heartbeat(job_id):
+                after_s = await self.step(job_id)
         except LeaseLost:
             logger.warning("job %s: lease lost to another worker; stopping this pass", job_id)
             return True
@@ -149,21 +153,23 @@ class Worker:
         job = await self._job(job_id)
         if job.status == "canceling":
             return await self._cancel(job, waiting)
-        paused = await self._submit(run)
+        refused = await self._submit(self._task(job))
         async with self._jobs() as jobs:
             counts = await jobs.counts(job_id)
+        # Each status move is conditional on the job still being runnable: a cancel that arrived during this
+        # pass is never overwritten, and the next pass (at once) carries it out.
         if counts.of("cheap_pending", "strong_pending", "cheap_sent", "strong_sent") == 0:
-            async with self._jobs() as jobs:
-                await jobs.set_status(job_id, "done", None, ended=True)
+            if not await self._set_status(job_id, "done", None, ended=True):
+                return 0.0
             logger.info("job %s done", job_id)
             return 0.0
-        if paused is not None:
-            async with self._jobs() as jobs:
-                await jobs.set_status(job_id, "paused_cost_cap", paused)
+        if refused is not None:
+            status, detail = refused
+            if not await self._set_status(job_id, status, detail):
+                return 0.0
             return self.settings.job_pause_recheck_s
-        if job.status != "running":
-            async with self._jobs() as jobs:
-                await jobs.set_status(job_id, "running", None)
+        if job.status != "running" and not await self._set_status(job_id, "running", None):
+            return 0.0
         if counts.of("cheap_pending", "strong_pending") and not waiting:
             return 0.0  # more to submit right away (the open-batch limit was reached, or a stage just opened)
         return self.settings.job_poll_s
@@ -172,21 +178,45 @@ class Worker:
 
     async def _progress(self, run: _JobTask, batch: JobBatch) -> bool:
         """Move one open batch on; True if it is finished with (ingested or released)."""
-        await self._renew(run.job.id)  # a pass over many batches can outlast one lease
+        await self._renew(run.job.id)
         if batch.state == "submitting":
             return await self._resolve(run, batch)
         assert batch.anthropic_id is not None
-        view = await self.upstream.batch(batch.anthropic_id)
+        try:
+            view = await self.upstream.batch(batch.anthropic_id)
+        except UpstreamFailure as failure:
+            if failure.status != 404:
+                raise
+            await self._gone(run, batch)
+            return True
         if not view.ended:
             return False
         await self._ingest(run, batch)
         return True
 
+    async def _gone(self, run: _JobTask, batch: JobBatch) -> None:
+        """The API no longer has the batch (deleted, or its results are past retention): what it ran cannot be
+        known, so every request still held is charged its reservation, and its item ends as the policy says."""
+        logger.error(
+            "job %s: batch %s (%s) is gone from the API; its %d requests still held are charged their reservations",
+            run.job.id,
+            batch.id,
+            batch.anthropic_id,
+            batch.item_count,
+        )
+        async with self._jobs() as jobs:
+            held = await jobs.held_attempts(batch.id)
+        detail = "the batch is gone from the API; its results could not be read"
+        await self._settle(batch, [self._unknown(run, batch, a, detail) for a in held.values()])
+        async with self._jobs() as jobs:
+            await jobs.mark_batch(batch.id, "ingested")
+
     async def _resolve(self, run: _JobTask, batch: JobBatch) -> bool:
         """A batch held but not known to be created: its holder died, or its creation never answered. After the
         longest a creation can take, look for it at the API: adopt it if it is there, else release it."""
-        doubt = timedelta(seconds=self.settings.job_lease_s + self.settings.job_submit_timeout_s)
-        if self.clock() - batch.created_at < doubt:
+        async with self._jobs() as jobs:
+            now = await jobs.clock()
+        if now - batch.created_at < timedelta(seconds=self.settings.job_doubt_s):
             return False
         since = batch.created_at - _CLOCK_SLACK
         async with self._jobs() as jobs:
@@ -229,7 +259,16 @@ class Worker:
         prefix = custom_id_prefix(run.job.id, batch.id)
         lines: list[ResultLine] = []
         chunks = 0
-        async for line in self.upstream.batch_results(batch.anthropic_id):
+        results = self.upstream.batch_results(batch.anthropic_id)
+        try:
+            first = await anext(results, None)
+        except UpstreamFailure as failure:
+            if failure.status != 404:
+                raise
+            await results.aclose()
+            await self._gone(run, batch)
+            return
+        async for line in _chain(first, results):
             seq = _seq_of(line.get("custom_id"), prefix)
             attempt = held.pop(seq, None) if seq is not None else None
             if attempt is None:
@@ -284,12 +323,35 @@ class Worker:
             ledger = _ledger("canceled", TokenUsage(), None, upstream_id=upstream_id, error="the batch was canceled")
             request = {"status": "failed", "error_type": "canceled", "error_message": "the job was canceled"}
             return ResultLine(attempt.attempt_id, ledger, Decimal(0), True, request, "canceled")
-        # errored or expired: no message was created, and neither is billed
-        error = result.get("error") if kind == "errored" else None
-        detail = _error_detail(error) if kind == "errored" else "the request expired before it was processed"
-        outcome = "errored" if kind == "errored" else "expired"
-        ledger = _ledger(outcome, TokenUsage(), None, upstream_id=upstream_id, error=detail)
-        return self._outcome(run, batch, attempt, Unavailable(detail), ledger, Decimal(0))
+        if kind not in ("errored", "expired"):
+            return self._unknown(run, batch, attempt, f"a result of unknown type {kind!r}", upstream_id)
+        # No message was created, and neither is billed.
+        error_type, detail = _error_of(result.get("error")) if kind == "errored" else (None, "")
+        if kind == "expired":
+            detail = "the request expired before it was processed"
+        ledger = _ledger(kind, TokenUsage(), None, upstream_id=upstream_id, error=detail)
+        strong_equiv = Decimal(0) if batch.stage == "cheap" else None
+        if kind == "errored" and error_type not in _TRANSIENT_ERRORS:
+            return self._rejected(run, batch, attempt, ledger, strong_equiv, detail)
+        if attempt.sends < self.settings.job_item_attempts and run.job.status != "canceling":
+            # Sent again, at the same stage, in a later batch: an expiry or an overload says nothing of the text.
+            return ResultLine(attempt.attempt_id, ledger, strong_equiv, False, {}, PENDING_STATE[batch.stage])
+        return self._outcome(run, batch, attempt, Unavailable(detail), ledger, strong_equiv)
+
+    def _rejected(
+        self,
+        run: _JobTask,
+        batch: JobBatch,
+        attempt: BatchAttempt,
+        ledger: dict[str, Any],
+        strong_equiv: Decimal | None,
+        detail: str,
+    ) -> ResultLine:
+        """The API refused the request itself: the item fails, at either stage, as POST /v1/classify would
+        (upstream_rejected); the strong model would be refused the same text too."""
+        message = f"{run.model(batch.stage).id} rejected the request: {detail}"[:2000]
+        request = {"status": "failed", "error_type": "upstream_rejected", "error_message": message}
+        return ResultLine(attempt.attempt_id, ledger, strong_equiv, True, request, "failed", message)
 
     def _unknown(
         self,
@@ -345,8 +407,9 @@ class Worker:
 
     # Submitting
 
-    async def _submit(self, run: _JobTask) -> str | None:
-        """Submit what is pending, cheap stage first; returns why the job is paused on a cap, if it is."""
+    async def _submit(self, run: _JobTask) -> tuple[str, str] | None:
+        """Submit what is pending, cheap stage first; returns (status, detail) if the job must wait: a cap
+        refused its next batch (paused_cost_cap), or the API refused a batch outright (paused_upstream)."""
         for stage in ("cheap", "strong"):
             while True:
                 async with self._jobs() as jobs:
@@ -359,7 +422,11 @@ class Worker:
                 try:
                     await self._submit_batch(run, stage, [(row.seq, row.text) for row in pending])
                 except CostCapExceeded as refused:
-                    return refused.message
+                    return "paused_cost_cap", refused.message
+                except UpstreamFailure as failure:
+                    if failure.billed_unknown or failure.retryable:
+                        raise  # in doubt, or worth another try on the next pass
+                    return "paused_upstream", f"the API refused a batch: {failure.message}"[:2000]
         return None
 
     async def _submit_batch(self, run: _JobTask, stage: str, pending: list[tuple[int, str]]) -> None:
@@ -368,8 +435,13 @@ class Worker:
         bodies: dict[int, dict[str, Any]] = {}
         items: list[HeldItem] = []
         max_tokens = 0
+        size = 0
         for seq, text in pending:
             request = build_request(model, run.task, text)
+            # As sent, JSON escapes a character in at most three times its UTF-8 bytes (the bound counts those).
+            size += 3 * request.input_token_bound + _CUSTOM_ID_BYTES
+            if items and size > self.settings.job_batch_bytes:
+                break  # the rest go in the next batch
             price = self.catalog.price(model.id, now, request.input_token_bound).for_batch()
             strong_equiv = None
             if stage == "cheap":
@@ -418,7 +490,8 @@ class Worker:
         try:
             anthropic_id = await self.upstream.create_batch(requests, self.settings.job_submit_timeout_s)
         except UpstreamFailure as failure:
-            batch = await self._batch(batch_id)
+            async with self._jobs() as jobs:
+                batch = await jobs.batch(batch_id)
             if failure.billed_unknown:
                 logger.warning("job %s: batch %s may have been created (%s); in doubt", run.job.id, batch_id, failure)
             else:
@@ -426,9 +499,27 @@ class Worker:
             raise
         self._fail_at("after_create")
         async with self._jobs() as jobs:
-            await jobs.mark_submitted(batch_id, anthropic_id)
+            if not await jobs.mark_submitted(batch_id, anthropic_id):
+                await self._late(run, await jobs.batch(batch_id), anthropic_id)
+                return
         self._fail_at("after_submitted")
         logger.info("job %s: %s batch %s (%s): %d items", run.job.id, stage, batch_id, anthropic_id, len(items))
+
+    async def _late(self, run: _JobTask, batch: JobBatch, anthropic_id: str) -> None:
+        """The creation answered after the batch had been given up on. Adopted by another worker (it found the
+        batch at the API): nothing to do. Released: its items may be in another batch by now, so it is canceled
+        at once; what it ran before that is not in the ledger, and this says so loudly."""
+        if batch.anthropic_id == anthropic_id:
+            return
+        with contextlib.suppress(UpstreamFailure):
+            await self.upstream.cancel_batch(anthropic_id)
+        logger.error(
+            "job %s: batch %s was created as %s after it had been released (no creation took longer than "
+            "CASCADE_JOB_DOUBT_S); it was canceled at the API, and requests it ran before that are not in the ledger",
+            run.job.id,
+            batch.id,
+            anthropic_id,
+        )
 
     # Canceling
 
@@ -441,12 +532,19 @@ class Worker:
             if batch.anthropic_id is not None:
                 with contextlib.suppress(UpstreamFailure):
                     await self.upstream.cancel_batch(batch.anthropic_id)
-        if not open_batches:
-            async with self._jobs() as jobs:
-                await jobs.set_status(job.id, "canceled", None, ended=True)
-            logger.info("job %s canceled", job.id)
+        if open_batches:
+            return self.settings.job_poll_s if waiting else 0.0
+        async with self._jobs() as jobs:
+            # Items an ingest put back to pending since (an escalation, a resend) are canceled too; the job ends
+            # only with nothing pending or sent.
+            await jobs.cancel_pending(job.id)
+            counts = await jobs.counts(job.id)
+        if counts.of("cheap_pending", "strong_pending", "cheap_sent", "strong_sent"):
             return 0.0
-        return self.settings.job_poll_s if waiting else 0.0
+        async with self._jobs() as jobs:
+            if await jobs.set_status(job.id, "canceled", None, from_=("canceling",), ended=True):
+                logger.info("job %s canceled", job.id)
+        return 0.0
 
     # Helpers
 
@@ -461,10 +559,30 @@ class Worker:
         assert job is not None
         return job
 
-    async def _batch(self, batch_id: int) -> JobBatch:
-        async with self.db.autocommit() as connection:
-            row = (await connection.execute(select(JobBatch).where(JobBatch.id == batch_id))).one()
-        return JobBatch(**row._mapping)
+    async def _set_status(self, job_id: uuid.UUID, status: str, detail: str | None, *, ended: bool = False) -> bool:
+        async with self._jobs() as jobs:
+            return await jobs.set_status(job_id, status, detail, from_=RUNNABLE, ended=ended)
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, job_id: uuid.UUID) -> AsyncIterator[None]:
+        """Renew the lease every third of it while a pass runs (a batch creation alone may outlast it); a lease
+        lost all the same is caught at the pass's next `_renew`, before it writes anything more."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.job_lease_s / 3)
+                with contextlib.suppress(DatabaseUnavailable):
+                    async with self._jobs() as jobs:
+                        if not await jobs.renew(job_id, self.name, self.settings.job_lease_s):
+                            return
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _team_caps(self, team_id: uuid.UUID) -> TeamCaps:
         async with self.db.autocommit() as connection:
@@ -560,9 +678,19 @@ def _answered(answer: Answer, model: str) -> dict[str, Any]:
     }
 
 
-def _error_detail(error: object) -> str:
+def _error_of(error: object) -> tuple[str | None, str]:
+    """An errored result's error type and a readable detail."""
     if isinstance(error, dict):
         inner = error.get("error") if isinstance(error.get("error"), dict) else error
         assert isinstance(inner, dict)
-        return f"{inner.get('type')}: {inner.get('message')}"
-    return "the request errored"
+        kind = inner.get("type")
+        return (kind if isinstance(kind, str) else None), f"{kind}: {inner.get('message')}"
+    return None, "the request errored"
+
+
+async def _chain(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    if first is None:
+        return
+    yield first
+    async for line in rest:
+        yield line

@@ -41,6 +41,7 @@ async def start_worker(database_url: str, sim: Simulator, log: Path, **env: str)
         "CASCADE_JOB_POLL_S": "0.05",
         "CASCADE_JOB_LEASE_S": "1",
         "CASCADE_JOB_SUBMIT_TIMEOUT_S": "2",
+        "CASCADE_JOB_DOUBT_S": "4",
         "CASCADE_LOG_LEVEL": "INFO",
     }
     environment = clean_env(
@@ -162,7 +163,13 @@ async def test_a_job_of_100000_items_ends_with_one_result_each_and_a_ledger_at_b
     log = tmp_path / "worker.log"
     room = {"CASCADE_DAILY_CAP_USD": "1000", "CASCADE_MONTHLY_CAP_USD": "1000"}
     worker = await start_worker(
-        database_url, sim, log, CASCADE_JOB_LEASE_S="30", CASCADE_JOB_SUBMIT_TIMEOUT_S="60", **room
+        database_url,
+        sim,
+        log,
+        CASCADE_JOB_LEASE_S="30",
+        CASCADE_JOB_SUBMIT_TIMEOUT_S="60",
+        CASCADE_JOB_DOUBT_S="120",
+        **room,
     )
     try:
         done = await wait_for(api, job_id, timeout_s=240)

@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from service.database import Database
 from service.settings import Settings
-from service.simulator import Simulator
+from service.simulator import Simulator, SimulatorConfig
 from service.tables import Attempt, Cap, JobBatch, Request
 from service.teams import Teams
-from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service, team_id_of
+from tests.harness import (
+    SENTIMENT,
+    Service,
+    assert_error,
+    assert_ledger_invariants,
+    running_service,
+    service_settings,
+    team_id_of,
+)
 
 TEXTS = [
     "I love this product, it works perfectly.",
@@ -38,6 +49,34 @@ async def jobs_service(
 ) -> AsyncIterator[Service]:
     async with running_service(make_settings(**FAST), database_url, db, sim) as running:
         yield running
+
+
+@asynccontextmanager
+async def own_simulator(
+    database_url: str, db: Database, config: SimulatorConfig, **overrides: Any
+) -> AsyncIterator[Service]:
+    """The service with its worker, against a simulator of its own (the session's `sim` is left as it is)."""
+    async with Simulator(config) as simulator:
+        settings = service_settings(database_url, simulator, **(FAST | overrides))
+        async with running_service(settings, database_url, db, simulator) as running:
+            yield running
+
+
+async def create(service: Service, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    response = await service.client.post("/v1/jobs", json=body, headers=service.auth | headers)
+    assert response.status_code == 202, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def sends(sim: Simulator, job_id: str) -> Counter[tuple[str, int]]:
+    """(model, item seq) -> how many times the simulator was sent the item in a batch (custom ids end in it)."""
+    prefix = job_id.replace("-", "")[:12]
+    return Counter(
+        (call.model, int(call.custom_id.rsplit("-", 1)[1]))
+        for call in sim.calls
+        if call.endpoint == "batch" and call.custom_id and call.custom_id.startswith(prefix)
+    )
 
 
 async def wait_for(
@@ -195,3 +234,194 @@ async def test_a_job_under_a_cap_pauses_spends_no_more_and_finishes_when_the_cap
         # The same items cost the same, paused or not.
         assert Decimal(done["cost_usd"]) == whole
         await assert_ledger_invariants(db)
+
+
+async def test_expired_and_overloaded_requests_are_sent_again_and_a_refused_one_fails_without_escalating(
+    jobs_service: Service,
+) -> None:
+    service, sim = jobs_service, jobs_service.sim
+    texts = {
+        "overloaded once": "Great kettle. {{sim:cheap=529,conf=0.99}}",
+        "expired thrice": "It arrived. {{sim:cheap=drop,drop,drop}}",
+        "refused": "Hmm. {{sim:cheap=400}}",
+        "strong overloaded": "So-so. {{sim:cheap=conf=0.1;strong=529,529,529}}",
+        "plain": "Lovely. {{sim:cheap=conf=0.99}}",
+    }
+    created = await create(service, {"items": [{"id": k, "text": v} for k, v in texts.items()], "labels": SENTIMENT})
+    await wait_for(service, created["id"])
+    lines = {line["id"]: line for line in await results(service, created["id"])}
+    assert lines["overloaded once"]["status"] == "done" and not lines["overloaded once"]["escalated"]
+    assert lines["expired thrice"]["status"] == "done"
+    assert lines["expired thrice"]["escalation_reason"] == "cheap_unavailable"
+    assert lines["refused"]["status"] == "failed" and lines["refused"]["error"]["type"] == "upstream_rejected"
+    assert "invalid_request_error" in lines["refused"]["error"]["message"]
+    assert lines["strong overloaded"]["status"] == "failed"
+    assert lines["strong overloaded"]["error"]["type"] == "upstream_unavailable"
+    assert lines["plain"]["status"] == "done"
+    cheap, strong = service.settings.cheap_model, service.settings.strong_model
+    sent = sends(sim, created["id"])
+    assert {k: (sent[cheap, seq], sent[strong, seq]) for seq, k in enumerate(texts)} == {
+        "overloaded once": (2, 0),  # sent again at the same stage, not escalated
+        "expired thrice": (3, 1),  # CASCADE_JOB_ITEM_ATTEMPTS (3) expiries, then the strong model
+        "refused": (1, 0),  # the request itself was refused: no second try, no escalation
+        "strong overloaded": (1, 3),
+        "plain": (1, 0),
+    }
+    async with service.db.transaction() as session:
+        rows = list((await session.scalars(select(Attempt))).all())
+    for row in rows:
+        if row.outcome in ("errored", "expired"):
+            assert row.cost_usd == 0 and row.input_tokens == 0, "neither is billed"
+    assert sorted(r.outcome for r in rows if r.outcome in ("errored", "expired")) == ["errored"] * 5 + ["expired"] * 3
+    await assert_ledger_invariants(service.db)
+
+
+async def test_a_cancel_that_arrives_during_a_pass_is_never_undone(database_url: str, db: Database) -> None:
+    # Sixty one-item batches that stay in progress: the worker's first pass is still submitting when the cancel
+    # arrives, and that pass must not end by writing its own status over the cancel.
+    config = SimulatorConfig(batch_processing_s=30)
+    async with own_simulator(
+        database_url, db, config, CASCADE_JOB_BATCH_ITEMS=1, CASCADE_JOB_OPEN_BATCHES=100
+    ) as service:
+        created = await create(service, {"items": items(60), "labels": SENTIMENT})
+        while True:
+            status = (await service.client.get(f"/v1/jobs/{created['id']}", headers=service.auth)).json()
+            if status["counts"]["cheap"]["in_batch"]:
+                break
+            await asyncio.sleep(0.01)
+        assert status["counts"]["cheap"]["pending"] > 0, "the pass should still be submitting"
+        canceled = await service.client.post(f"/v1/jobs/{created['id']}/cancel", headers=service.auth)
+        assert canceled.json()["status"] == "canceling"
+        done = await wait_for(service, created["id"], until=("canceled", "done"), timeout_s=25)
+        assert done["status"] == "canceled" and done["counts"]["canceled"] == 60
+        assert {line["status"] for line in await results(service, created["id"])} == {"canceled"}
+        await assert_ledger_invariants(db)
+
+
+async def test_a_batch_gone_from_the_api_is_charged_its_reservation_and_its_items_go_on(
+    database_url: str, db: Database
+) -> None:
+    async with own_simulator(database_url, db, SimulatorConfig(batch_processing_s=60)) as service:
+        created = await create(service, {"items": items(3), "labels": SENTIMENT})
+        async with db.transaction() as session:
+            while (batch := (await session.scalars(select(JobBatch))).first()) is None or not batch.anthropic_id:
+                await asyncio.sleep(0.05)
+                session.expire_all()
+        service.sim.batch_processing_s = 0  # the strong stage's batches end at once
+        api = {"x-api-key": "test", "anthropic-version": "2023-06-01"}
+        async with httpx.AsyncClient(base_url=service.sim.url, headers=api) as anthropic:
+            assert (await anthropic.post(f"/v1/messages/batches/{batch.anthropic_id}/cancel")).status_code == 200
+            assert (await anthropic.delete(f"/v1/messages/batches/{batch.anthropic_id}")).status_code == 200
+        await wait_for(service, created["id"])
+        lines = await results(service, created["id"])
+        assert [line["escalation_reason"] for line in lines] == ["cheap_unavailable"] * 3
+        async with db.transaction() as session:
+            cheap = list((await session.scalars(select(Attempt).where(Attempt.stage == "cheap"))).all())
+        assert [a.outcome for a in cheap] == ["unknown"] * 3
+        assert all(a.cost_usd == a.reserved_usd > 0 and a.input_tokens is None for a in cheap)
+        await assert_ledger_invariants(db)
+
+
+LONG = "é" * 4000  # 8 KB as UTF-8, 24 KB as the SDK sends it (JSON escapes it)
+
+
+async def test_batches_are_cut_by_bytes_so_the_api_never_refuses_one_for_its_size(
+    database_url: str, db: Database
+) -> None:
+    config = SimulatorConfig(batch_max_bytes=1_000_000)
+    async with own_simulator(database_url, db, config, CASCADE_JOB_BATCH_BYTES=1_000_000) as service:
+        body = {"items": [{"text": f"{LONG} {i}"} for i in range(100)], "labels": SENTIMENT}
+        created = await create(service, body)
+        done = await wait_for(service, created["id"])
+        assert done["counts"]["done"] == 100
+        async with db.transaction() as session:
+            batches = list((await session.scalars(select(JobBatch).where(JobBatch.stage == "cheap"))).all())
+        assert len(batches) >= 3 and sum(b.item_count for b in batches) == 100
+        assert all(b.state == "ingested" for b in batches)
+        await assert_ledger_invariants(db)
+
+
+async def test_a_batch_the_api_refuses_pauses_the_job_until_the_api_takes_it(database_url: str, db: Database) -> None:
+    config = SimulatorConfig(batch_max_bytes=50_000)
+    async with own_simulator(database_url, db, config) as service:
+        created = await create(service, {"items": [{"text": f"{LONG} {i}"} for i in range(10)], "labels": SENTIMENT})
+        paused = await wait_for(service, created["id"], until=("paused_upstream",))
+        assert "413" in paused["status_detail"] and "request_too_large" in paused["status_detail"]
+        assert paused["counts"]["cheap"]["pending"] == 10 and Decimal(paused["cost_usd"]) == 0
+        async with db.transaction() as session:
+            released = list((await session.scalars(select(JobBatch))).all())
+        assert released and all(b.state == "released" for b in released), "a refused batch holds nothing"
+        await assert_ledger_invariants(db, requests_finished=False)  # the job's requests wait with it
+        service.sim.batch_max_bytes = 256_000_000
+        done = await wait_for(service, created["id"], timeout_s=30)
+        assert done["counts"]["done"] == 10
+        await assert_ledger_invariants(db)
+
+
+async def test_texts_that_cannot_be_stored_fail_their_item_and_bad_ids_the_job(jobs_service: Service) -> None:
+    service = jobs_service
+    body = {"items": [{"text": "fine"}, {"text": "nul\u0000inside"}], "labels": SENTIMENT}
+    created = await create(service, body)
+    await wait_for(service, created["id"])
+    lines = await results(service, created["id"])
+    assert [line["status"] for line in lines] == ["done", "failed"]
+    assert "NUL" in lines[1]["error"]["message"]
+    upload = b'{"text": "fine"}\n{"text": "lone \\ud800 surrogate"}\n'
+    response = await service.client.post(
+        "/v1/jobs/jsonl",
+        params=[("labels", label) for label in SENTIMENT],
+        content=upload,
+        headers=service.auth | {"Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    await wait_for(service, response.json()["id"])
+    lines = await results(service, response.json()["id"])
+    assert [line["status"] for line in lines] == ["done", "failed"]
+    assert "surrogate" in lines[1]["error"]["message"]
+    bad_id = await service.client.post(
+        "/v1/jobs", json={"items": [{"id": "a\u0000b", "text": "x"}], "labels": SENTIMENT}, headers=service.auth
+    )
+    assert "NUL" in assert_error(bad_id, 422, "invalid_request")["error"]["message"]
+    long_line = b'{"text": "' + b"x" * 2_000_000 + b'"}\n'
+    too_long = await service.client.post(
+        "/v1/jobs/jsonl",
+        params=[("labels", label) for label in SENTIMENT],
+        content=long_line,
+        headers=service.auth | {"Content-Type": "application/x-ndjson"},
+    )
+    assert "line 1 is longer than" in assert_error(too_long, 422, "invalid_request")["error"]["message"]
+    await assert_ledger_invariants(service.db)
+
+
+async def test_an_idempotency_key_makes_one_job_of_a_repeated_submission(jobs_service: Service) -> None:
+    service = jobs_service
+    body = {"items": items(5), "labels": SENTIMENT}
+    first = await create(service, body, **{"Idempotency-Key": "backfill-1"})
+    again = await service.client.post("/v1/jobs", json=body, headers=service.auth | {"Idempotency-Key": "backfill-1"})
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first["id"]
+    other = await service.client.post(
+        "/v1/jobs",
+        json={"items": items(6), "labels": SENTIMENT},
+        headers=service.auth | {"Idempotency-Key": "backfill-1"},
+    )
+    assert_error(other, 422, "idempotency_key_reused")
+    upload = "".join(json.dumps(item) + "\n" for item in items(4)).encode()
+
+    async def post_jsonl(content: bytes) -> httpx.Response:
+        return await service.client.post(
+            "/v1/jobs/jsonl",
+            params=[("labels", label) for label in SENTIMENT],
+            content=content,
+            headers=service.auth | {"Content-Type": "application/x-ndjson", "Idempotency-Key": "upload-1"},
+        )
+
+    uploaded, replayed = await post_jsonl(upload), await post_jsonl(upload)
+    assert uploaded.status_code == replayed.status_code == 202
+    assert replayed.json()["id"] == uploaded.json()["id"] and replayed.headers["idempotent-replayed"] == "true"
+    assert_error(await post_jsonl(upload + b'{"text": "one more"}\n'), 422, "idempotency_key_reused")
+    listed = (await service.client.get("/v1/jobs", headers=service.auth)).json()["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted([first["id"], uploaded.json()["id"]])
+    for job_id in (first["id"], uploaded.json()["id"]):
+        await wait_for(service, job_id)
+    await assert_ledger_invariants(service.db)

@@ -44,6 +44,9 @@ from service.settings import Settings
 from service.simulator import Simulator
 from tests.harness import Service, running_service
 
+# A JSONL upload is text on the wire.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")
+
 ADMIN_KEY = "admin-secret"
 EXAMPLES = 100  # per generation mode and operation
 
@@ -73,6 +76,12 @@ OPERATIONS = {
     "DELETE /v1/admin/teams/{team}/keys/{key_id}": "both",
     "PUT /v1/admin/teams/{team}/caps": "both",
     "GET /v1/admin/spend": "none",
+    "POST /v1/jobs": "both",
+    "POST /v1/jobs/jsonl": "both",
+    "GET /v1/jobs": "none",
+    "GET /v1/jobs/{job_id}": "both",
+    "GET /v1/jobs/{job_id}/results": "both",
+    "POST /v1/jobs/{job_id}/cancel": "both",
 }
 
 # (operation, check) -> (the status codes it fails on, why). Empty: every defect this module found is fixed;
@@ -111,6 +120,7 @@ class Arranged:
     request_id: str
     team: str
     revocable_key_id: str
+    job_id: str
 
 
 VALID_CLASSIFY: list[dict[str, Any]] = [
@@ -153,6 +163,25 @@ def explicit_cases(op: Any, arranged: Arranged) -> list[Any]:
         return [op.Case(body=body, media_type="application/json") for body in batches]
     if label == "GET /v1/requests/{request_id}":
         return [op.Case(path_parameters={"request_id": arranged.request_id})]
+    if label == "POST /v1/jobs":
+        jobs: list[dict[str, Any]] = [
+            {
+                "items": [{"id": "1", "text": body["text"]}, {"text": " "}],
+                **{k: v for k, v in body.items() if k != "text"},
+            }
+            for body in VALID_CLASSIFY
+        ]
+        return [op.Case(body=body, media_type="application/json") for body in jobs]
+    if label == "POST /v1/jobs/jsonl":
+        upload = '{"id": "a", "text": "Great."}\n{"text": "Awful."}\n'
+        return [
+            op.Case(query={"labels": ["positive", "negative"]}, body=upload, media_type="application/x-ndjson"),
+            op.Case(
+                query={"labels": ["spam", "ham"], "threshold": "0.9"}, body=upload, media_type="application/x-ndjson"
+            ),
+        ]
+    if label in {"GET /v1/jobs/{job_id}", "GET /v1/jobs/{job_id}/results", "POST /v1/jobs/{job_id}/cancel"}:
+        return [op.Case(path_parameters={"job_id": arranged.job_id})]
     if label == "POST /v1/admin/teams":
         bodies: list[dict[str, Any]] = [
             {"name": "fuzz-new.1"},
@@ -247,7 +276,11 @@ async def arrange(service: Service) -> Arranged:
     assert created.status_code == 201, created.text
     key = await service.client.post(f"/v1/admin/teams/{team}/keys", headers=admin)
     assert key.status_code == 201, key.text
-    return Arranged(classified.json()["id"], team, key.json()["id"])
+    job = await service.client.post(
+        "/v1/jobs", json={"items": [{"text": "Fine."}], "labels": ["good", "bad"]}, headers=service.auth
+    )
+    assert job.status_code == 202, job.text
+    return Arranged(classified.json()["id"], team, key.json()["id"], job.json()["id"])
 
 
 async def fuzzed_operation(

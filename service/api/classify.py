@@ -113,12 +113,32 @@ async def claim_or_replay(
     runtime: Runtime, caller: Caller, key: str, data: BaseModel, call_id: uuid.UUID, schema: type[Out]
 ) -> Response[Out] | None:
     """Claim the Idempotency-Key for this body (None: go on and run), or the stored answer to replay."""
-    stored = await runtime.idempotency.begin(caller.team_id, key, body_hash(data.model_dump(mode="json")), call_id)
+    return await claim(runtime, caller, key, body_hash(data.model_dump(mode="json")), call_id, schema)
+
+
+async def claim(
+    runtime: Runtime, caller: Caller, key: str, digest: str, call_id: uuid.UUID, schema: type[Out]
+) -> Response[Out] | None:
+    """Claim the Idempotency-Key for the body with this digest, or the stored answer to replay (an error is
+    replayed as the same error)."""
+    stored = await runtime.idempotency.begin(caller.team_id, key, digest, call_id)
     if stored is None:
         return None
-    if stored.status != 200:
+    if stored.status >= 300:
         raise Replayed(stored.status, stored.body)
-    return Response(schema.model_validate(stored.body), headers={"idempotent-replayed": "true"})
+    return Response(
+        schema.model_validate(stored.body), status_code=stored.status, headers={"idempotent-replayed": "true"}
+    )
+
+
+async def settle_claim(runtime: Runtime, caller: Caller, key: str, call_id: uuid.UUID, exc: CascadeError) -> None:
+    """A request with an Idempotency-Key failed: a final answer (4xx, 502) is kept for replay; a transient one
+    (503, 504) frees the key for a retry."""
+    if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
+        body = {"error": error_details(exc), "request_id": str(call_id)}
+        await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
+    else:
+        await runtime.idempotency.abandon(caller.team_id, key, call_id)
 
 
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
@@ -143,12 +163,7 @@ async def classify(
     try:
         out = classification_out(await runtime.cascade.classify(command))
     except CascadeError as exc:
-        # Final answers (4xx, 502) are kept for replay; transient ones (503, 504) free the key for a retry.
-        if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
-            body = {"error": error_details(exc), "request_id": str(call_id)}
-            await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
-        else:
-            await runtime.idempotency.abandon(caller.team_id, key, call_id)
+        await settle_claim(runtime, caller, key, call_id, exc)
         raise
     except BaseException:
         with contextlib.suppress(Exception):

@@ -6,29 +6,56 @@ to the caller's team (another team's job is a 404).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import IO, Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
-from service.api.classify import to_command
+from service.api.classify import claim, idempotency_key, settle_claim, to_command
 from service.api.errors import documented
-from service.api.schemas import ClassifyIn, JobCountsOut, JobIn, JobListOut, JobOut, JobSummaryOut, StageCountsOut
-from service.errors import InvalidInput
-from service.jobs import JobSpec, JobStatus, progress
+from service.api.schemas import (
+    ClassifyIn,
+    JobCountsOut,
+    JobIn,
+    JobListOut,
+    JobOut,
+    JobSummaryOut,
+    StageCountsOut,
+    money_str,
+)
+from service.errors import CascadeError, InvalidInput
+from service.idempotency import body_hash
+from service.jobs import JobSpec, JobStatus, ResultRow, progress
 from service.keys import Caller
 from service.logs import annotate
 from service.runtime import Runtime
 from service.settings import Settings
 
 _SPOOL_BYTES = 16_000_000  # an upload larger than this is spooled to a temporary file
+
+
+@dataclass
+class _JsonlUpload(Operation):
+    """The upload is read as a stream (never parsed whole), so its body is documented here rather than typed."""
+
+    def __post_init__(self) -> None:
+        line = Schema(
+            type=OpenAPIType.STRING,
+            description='One JSON object per line: {"text": "...", "id"?: "..."} (blank lines are skipped).',
+        )
+        self.request_body = RequestBody(content={"application/x-ndjson": OpenAPIMediaType(schema=line)}, required=True)
 
 
 def job_out(status: JobStatus) -> JobOut:
@@ -73,19 +100,28 @@ def job_spec(
 
 
 async def create_job(
-    data: JSONBody[JobIn], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
+    data: JSONBody[JobIn],
+    request: Request[Any, Any, Any],
+    caller: NamedDependency[Caller],
+    runtime: NamedDependency[Runtime],
+    call_id: NamedDependency[uuid.UUID],
 ) -> Response[JobOut]:
     annotate(team_id=str(caller.team_id), key_id=str(caller.key_id))
     spec = job_spec(data.labels, data.instructions, data.threshold, caller, runtime.settings)
-    created = await runtime.jobs.create(spec, ((item.id, item.text) for item in data.items))
-    annotate(job_id=str(created.job.id), items=created.job.item_count)
-    return Response(job_out(created), status_code=202)
+    key = idempotency_key(request.headers)
+    digest = body_hash(data.model_dump(mode="json")) if key is not None else ""
+    return await _create(runtime, caller, call_id, key, digest, spec, ((item.id, item.text) for item in data.items))
 
 
-def _jsonl_items(upload: IO[bytes]) -> Iterator[tuple[str | None, str]]:
-    """Items of a JSONL upload: one JSON object per line, {"text": ..., "id"?: ...}; blank lines are skipped."""
+def _jsonl_items(upload: IO[bytes], max_line_bytes: int) -> Iterator[tuple[str | None, str]]:
+    """Items of a JSONL upload: one JSON object per line, {"text": ..., "id"?: ...}; blank lines are skipped.
+    A line is read only up to `max_line_bytes` (more than the longest text allowed can take, escaped)."""
     upload.seek(0)
-    for number, raw in enumerate(upload, start=1):
+    number = 0
+    while raw := upload.readline(max_line_bytes + 1):
+        number += 1
+        if len(raw) > max_line_bytes:
+            raise InvalidInput(f"line {number} is longer than {max_line_bytes} bytes", field="items")
         if not raw.strip():
             continue
         try:
@@ -106,6 +142,7 @@ async def create_job_from_jsonl(
     request: Request[Any, Any, Any],
     caller: NamedDependency[Caller],
     runtime: NamedDependency[Runtime],
+    call_id: NamedDependency[uuid.UUID],
     labels: Annotated[list[str], Parameter(description="An allowed label (repeat the parameter for each).")],
     instructions: Annotated[str | None, Parameter(description="Optional guidance, shared by every item.")] = None,
     threshold: Annotated[str | None, Parameter(description="Escalation threshold, shared by every item.")] = None,
@@ -118,13 +155,49 @@ async def create_job_from_jsonl(
     if level is not None and not (level.is_finite() and 0 <= level <= 1):
         raise InvalidInput("threshold must be a number between 0 and 1", field="threshold")
     spec = job_spec(labels, instructions, level, caller, runtime.settings)
+    key = idempotency_key(request.headers)
     # The upload is spooled first, so that no database connection waits on the client's network.
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as upload:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([labels, instructions, threshold]).encode() + b"\n")
         async for chunk in request.stream():
             upload.write(chunk)
-        created = await runtime.jobs.create(spec, _jsonl_items(upload))
+            digest.update(chunk)
+        # The longest text allowed, every character escaped (a surrogate pair is 12 bytes for 2), and an id.
+        max_line = 6 * runtime.settings.max_text_chars + 4096
+        return await _create(runtime, caller, call_id, key, digest.hexdigest(), spec, _jsonl_items(upload, max_line))
+
+
+async def _create(
+    runtime: Runtime,
+    caller: Caller,
+    call_id: uuid.UUID,
+    key: str | None,
+    digest: str,
+    spec: JobSpec,
+    items: Iterable[tuple[str | None, str]],
+) -> Response[JobOut]:
+    """Store the job; with an Idempotency-Key, the same key and body answer with the first job, not a new one."""
+    if key is not None:
+        replay = await claim(runtime, caller, key, digest, call_id, JobOut)
+        if replay is not None:
+            return replay
+    try:
+        created = await runtime.jobs.create(spec, items)
+    except CascadeError as exc:
+        if key is not None:
+            await settle_claim(runtime, caller, key, call_id, exc)
+        raise
+    except BaseException:
+        if key is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
+        raise
+    out = job_out(created)
+    if key is not None:
+        await runtime.idempotency.finish(caller.team_id, key, call_id, 202, out.model_dump(mode="json"))
     annotate(job_id=str(created.job.id), items=created.job.item_count)
-    return Response(job_out(created), status_code=202)
+    return Response(out, status_code=202)
 
 
 @get("/", responses=documented(401), summary="The team's latest jobs")
@@ -161,17 +234,37 @@ async def get_job(
 async def job_results(
     job_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
 ) -> Stream:
-    lines = runtime.jobs.results(caller.team_id, job_id)
-    first = await anext(lines, None)  # a missing job is a 404 before the stream starts
+    rows = runtime.jobs.results(caller.team_id, job_id)
+    first = await anext(rows, None)  # a missing job is a 404 before the stream starts
 
     async def body() -> AsyncIterator[bytes]:
         if first is None:
             return
-        yield (json.dumps(first) + "\n").encode()
-        async for line in lines:
-            yield (json.dumps(line) + "\n").encode()
+        yield result_line(first)
+        async for row in rows:
+            yield result_line(row)
 
     return Stream(body(), media_type="application/x-ndjson")
+
+
+def result_line(row: ResultRow) -> bytes:
+    """One line of a job's results: the answer or the error, its cost (a decimal string, as everywhere in this
+    API) and its request id (for GET /v1/requests/{id})."""
+    line: dict[str, Any] = {"id": row.item_id, "status": row.status}
+    if row.status == "done":
+        assert row.confidence is not None
+        line |= {
+            "label": row.label,
+            "confidence": float(row.confidence),
+            "model": row.model,
+            "escalated": row.escalated,
+            "escalation_reason": row.escalation_reason,
+        }
+    else:
+        line["error"] = {"type": row.error_type, "message": row.error_message}
+    line["cost_usd"] = money_str(row.cost_usd)
+    line["request_id"] = None if row.request_id is None else str(row.request_id)
+    return (json.dumps(line) + "\n").encode()
 
 
 @post("/{job_id:uuid}/cancel", status_code=202, responses=documented(401, 404), summary="Cancel a job")
@@ -186,15 +279,16 @@ def router(settings: Settings) -> Router:
     create = post(
         "/",
         status_code=202,
-        responses=documented(400, 401, 413, 422, 503),
-        request_max_body_size=settings.max_job_body_bytes,
+        responses=documented(400, 401, 409, 413, 422, 503),
+        request_max_body_size=settings.max_job_inline_bytes,
         summary="Create a job from inline items",
     )(create_job)
     upload = post(
         "/jsonl",
         status_code=202,
-        responses=documented(400, 401, 413, 422, 503),
+        responses=documented(400, 401, 409, 413, 422, 503),
         request_max_body_size=settings.max_job_body_bytes,
         summary='Create a job from a JSONL upload (one {"text", "id"?} object per line)',
+        operation_class=_JsonlUpload,
     )(create_job_from_jsonl)
     return Router("/v1/jobs", route_handlers=[create, upload, list_jobs, get_job, job_results, cancel_job])

@@ -9,10 +9,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-MoneyStr = Annotated[
-    Decimal,
-    PlainSerializer(lambda d: format(d.normalize(), "f") if d else "0", return_type=str, when_used="json"),
-]
+
+def money_str(amount: Decimal) -> str:
+    """Money on the wire: a plain decimal string, without exponent or trailing zeros."""
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+MoneyStr = Annotated[Decimal, PlainSerializer(money_str, return_type=str, when_used="json")]
 # Confidence and thresholds are probabilities, not money: JSON numbers on the wire.
 Confidence = float
 

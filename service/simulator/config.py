@@ -19,6 +19,7 @@ class SimulatorConfig:
     # Message Batches: how long a batch stays in_progress, and the share of its requests that expire.
     batch_processing_s: float = 0.0
     batch_expire_rate: float = 0.0
+    batch_max_bytes: int = 256_000_000  # a larger batch creation is refused with 413, as the API does
 
     def __post_init__(self) -> None:
         for token, rate in self.fault_rates.items():

@@ -123,6 +123,8 @@ class Simulator:
         self._directive_uses: dict[tuple[str, str], int] = {}
         self._window = _RateWindow()
         self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
+        # Settable while running, so that a test can refuse batches and then take them.
+        self.batch_max_bytes = self.config.batch_max_bytes
         self._server: asyncio.Server | None = None
         self._port = 0
         self._host = "127.0.0.1"
@@ -178,9 +180,21 @@ class Simulator:
     def calls(self) -> list[CallRecord]:
         return self._calls
 
+    @property
+    def batch_processing_s(self) -> float:
+        """How long a new Message Batch stays in progress; settable while running."""
+        return self._batches.processing_s
+
+    @batch_processing_s.setter
+    def batch_processing_s(self, seconds: float) -> None:
+        self._batches.processing_s = seconds
+
     def reset(self) -> None:
+        """Forget every call and batch, and take the configured batch settings again."""
         self._calls.clear()
         self._directive_uses.clear()
+        self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
+        self.batch_max_bytes = self.config.batch_max_bytes
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -329,6 +343,8 @@ class Simulator:
             if not (headers.get("x-api-key") or _BEARER.fullmatch(headers.get("authorization", "").strip())):
                 raise BatchError(401, "x-api-key header is required")
             if path == BATCHES and method == "POST":
+                if len(body) > self.batch_max_bytes:
+                    raise BatchError(413, f"the batch is {len(body)} bytes; the limit is {self.batch_max_bytes}")
                 try:
                     payload = load(body)
                 except RequestError as exc:
