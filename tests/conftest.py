@@ -22,7 +22,7 @@ from service.keys import issue_key
 from service.settings import Settings
 from service.simulator import Simulator
 from service.tables import table_names
-from tests.harness import ADMIN_KEY, NOON, Clock, Service, running_service, service_settings, team_id_of
+from tests.harness import ADMIN_KEY, JOB_WORKER, NOON, Clock, Service, running_service, service_settings, team_id_of
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +98,15 @@ async def service(
 ) -> AsyncIterator[Service]:
     """The service with default settings, a team and its key."""
     async with running_service(make_settings(), database_url, db, sim) as running:
+        yield running
+
+
+@pytest.fixture
+async def jobs_service(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> AsyncIterator[Service]:
+    """The service with its job worker inside (tests.harness.JOB_WORKER)."""
+    async with running_service(make_settings(**JOB_WORKER), database_url, db, sim) as running:
         yield running
 
 

@@ -24,6 +24,8 @@ from service.simulator import Simulator
 from service.tables import Attempt, Cap, Request, Team
 
 SENTIMENT = ["positive", "negative", "neutral"]
+# The job worker inside the service, looking for work and rechecking paused jobs often (tests only).
+JOB_WORKER = {"CASCADE_RUN_WORKER": "true", "CASCADE_JOB_POLL_S": 0.05, "CASCADE_JOB_PAUSE_RECHECK_S": 0.2}
 ADMIN_KEY = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 

@@ -31,7 +31,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 SERVE = ["cascade", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
 # Services that run the cascade image and so read Settings from their environment.
-CASCADE_IMAGE_SERVICES = ("migrate", "cascade", "simulator")
+CASCADE_IMAGE_SERVICES = ("migrate", "cascade", "worker", "simulator")
 SECRETS = ("ANTHROPIC_API_KEY", "CASCADE_ADMIN_KEY", "CASCADE_SESSION_SECRET")
 
 
@@ -243,10 +243,12 @@ def test_postgres_has_a_healthcheck_and_a_named_volume(compose: dict[str, Any]) 
 
 
 def test_postgres_takes_every_connection_the_replicas_may_open(compose: dict[str, Any]) -> None:
-    cascade = service(compose, "cascade")
+    cascade, worker = service(compose, "cascade"), service(compose, "worker")
     per_process = setting(cascade, "db_pool_size") + setting(cascade, "db_max_overflow")
     workers = int(SERVE[SERVE.index("--workers") + 1])
+    job_workers = worker.get("deploy", {}).get("replicas", 1)
     peak = cascade["deploy"]["replicas"] * workers * per_process
+    peak += job_workers * (setting(worker, "db_pool_size") + setting(worker, "db_max_overflow"))
     found = re.search(r"max_connections=(\d+)", " ".join(command(service(compose, "postgres"))))
     max_connections = int(found.group(1)) if found else 100  # PostgreSQL's default
     assert peak + 10 <= max_connections, f"{peak} pooled connections at peak, max_connections={max_connections}"
@@ -268,11 +270,23 @@ def test_migrate_runs_once_and_gates_the_replicas(compose: dict[str, Any]) -> No
 def test_migrate_and_simulator_run_the_cascade_image(compose: dict[str, Any]) -> None:
     cascade = service(compose, "cascade")
     assert cascade["build"]["context"] == "."
-    for name in ("migrate", "simulator"):
+    for name in ("migrate", "worker", "simulator"):
         other = service(compose, name)
         assert other["image"] == cascade["image"]
         assert other["build"] == cascade["build"]
     assert "command" not in cascade, "the replicas run the image's CMD"
+
+
+def test_a_job_worker_runs_after_the_migration_without_the_http_probe(compose: dict[str, Any]) -> None:
+    worker = service(compose, "worker")
+    assert command(worker) == ["cascade", "worker"]
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["healthcheck"] == {"disable": True}, "the image's probe is for `cascade serve`"
+    env, replicas = environment(worker), environment(service(compose, "cascade"))
+    assert env["DATABASE_URL"] == replicas["DATABASE_URL"]
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CASCADE_DAILY_CAP_USD", "CASCADE_MONTHLY_CAP_USD"):
+        assert name in env and env[name] is None, f"{name}: passed through like the replicas'"
+    assert "ports" not in worker and "expose" not in worker
 
 
 def test_three_replicas_and_nothing_that_stops_scaling(compose: dict[str, Any]) -> None:
@@ -418,27 +432,44 @@ def test_nginx_proxies_to_the_cascade_service_on_its_port(compose: dict[str, Any
         one(upstream, "zone")
         assert conf.root.all("resolver"), "`resolve` without a resolver"
     assert one(upstream, "keepalive")
-    assert one(conf.location("/"), "proxy_http_version") == ["1.1"]
+    assert one(conf.virtual_server(), "proxy_http_version") == ["1.1"]
+    for path in PROXIED:
+        assert one(conf.location(path), "proxy_pass") == [target], path
+
+
+PROXIED = ("/", "/v1/classify/batch", "/v1/jobs")
 
 
 def test_nginx_waits_longer_than_the_service_deadline(compose: dict[str, Any]) -> None:
-    location = nginx_config().location("/")
     deadline = setting(service(compose, "cascade"), "request_deadline_s")
-    assert seconds(one(location, "proxy_read_timeout")[0]) > deadline
+    for path in PROXIED:
+        assert seconds(one(nginx_config().location(path), "proxy_read_timeout")[0]) > deadline, path
+
+
+def byte_size(limit: str) -> float:
+    return float(limit[:-1]) * {"k": 1024, "m": 1024**2}[limit[-1].lower()] if limit[-1].isalpha() else float(limit)
 
 
 def test_nginx_takes_every_body_the_service_takes(compose: dict[str, Any]) -> None:
-    limit = one(nginx_config().virtual_server(), "client_max_body_size")[0]
-    size = float(limit[:-1]) * {"k": 1024, "m": 1024**2}[limit[-1].lower()] if limit[-1].isalpha() else float(limit)
-    assert size >= setting(service(compose, "cascade"), "max_body_bytes")
+    conf, cascade = nginx_config(), service(compose, "cascade")
+    size = byte_size(one(conf.virtual_server(), "client_max_body_size")[0])
+    assert size >= setting(cascade, "max_body_bytes")
     assert size <= 1024**2, "the outer bound stays small"
+    batch = byte_size(one(conf.location("/v1/classify/batch"), "client_max_body_size")[0])
+    assert setting(cascade, "max_batch_body_bytes") <= batch <= 16 * 1024**2
+    jobs = conf.location("/v1/jobs")
+    limit = byte_size(one(jobs, "client_max_body_size")[0])
+    assert limit >= max(setting(cascade, "max_job_body_bytes"), setting(cascade, "max_job_inline_bytes"))
+    assert one(jobs, "proxy_request_buffering") == ["off"], "an upload streams to the replica, not to nginx's disk"
 
 
 def test_nginx_never_retries_a_request_that_may_have_spent_money() -> None:
-    location = nginx_config().location("/")
-    retry_on = one(location, "proxy_next_upstream")
+    conf = nginx_config()
+    retry_on = one(conf.virtual_server(), "proxy_next_upstream")
     assert "non_idempotent" not in retry_on, "a POST /v1/classify sent twice may be paid for twice"
     assert set(retry_on) <= {"error", "timeout"}, retry_on
+    for path in PROXIED:  # inherited by every location: none may set its own
+        assert not [d for d in conf.location(path).block or [] if d.name == "proxy_next_upstream"], path
 
 
 def test_nginx_passes_the_request_id_back_and_answers_its_own_health() -> None:
@@ -448,8 +479,11 @@ def test_nginx_passes_the_request_id_back_and_answers_its_own_health() -> None:
             assert "x-request-id" not in " ".join(directive.args).lower()
     health = conf.location("/nginx-health")
     assert one(health, "return")[0] == "200"
-    hosts = [d.args for d in conf.location("/").all("proxy_set_header") if d.args[0].lower() == "host"]
+    server = conf.virtual_server()
+    hosts = [d.args for d in server.block or [] if d.name == "proxy_set_header" and d.args[0].lower() == "host"]
     assert hosts == [["Host", "$http_host"]], "the dashboard's login compares Origin with Host, port included"
+    for path in PROXIED:  # a location with any proxy_set_header of its own would inherit none of these
+        assert not [d for d in conf.location(path).block or [] if d.name == "proxy_set_header"], path
 
 
 # ---- a Compose implementation, when there is one --------------------------------------------------------------

@@ -6,20 +6,15 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from service.database import Database
-from service.settings import Settings
-from service.simulator import Simulator, SimulatorConfig
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service, service_settings
+from service.simulator import SimulatorConfig
+from tests.harness import SENTIMENT, Service, assert_ledger_invariants
 from tests.test_cli import CASCADE, clean_env
-from tests.test_jobs import FAST, TEXTS, results, wait_for
+from tests.test_jobs import TEXTS, own_simulator, results, wait_for
 
 LABELS = ",".join(SENTIMENT)
 _SUMMARY = re.compile(
@@ -29,26 +24,6 @@ _SUMMARY = re.compile(
     r"  strong stage: (?P<strong_pending>\d+) pending, (?P<strong_in_batch>\d+) in a batch\n"
     r"  cost \$(?P<cost>[0-9.E-]+)\n\Z"
 )
-
-
-@pytest.fixture
-async def jobs_service(
-    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
-) -> AsyncIterator[Service]:
-    async with running_service(make_settings(**FAST), database_url, db, sim) as running:
-        yield running
-
-
-@asynccontextmanager
-async def slow_batches(
-    database_url: str, db: Database, processing_s: float, **overrides: Any
-) -> AsyncIterator[Service]:
-    """The service with its worker, against a simulator of its own whose Message Batches stay in progress for
-    `processing_s` (the session's `sim` is left as it is)."""
-    async with Simulator(SimulatorConfig(batch_processing_s=processing_s)) as slow:
-        settings = service_settings(database_url, slow, **FAST, **overrides)
-        async with running_service(settings, database_url, db, slow) as running:
-            yield running
 
 
 async def cascade(*args: str, cwd: Path, **env: str) -> tuple[int, str, str]:
@@ -156,7 +131,7 @@ async def test_submit_no_wait_prints_only_the_job_id_and_returns_while_it_runs_t
     database_url: str, db: Database, tmp_path: Path
 ) -> None:
     write_jsonl(tmp_path / "items.jsonl", mixed_items(6))
-    async with slow_batches(database_url, db, processing_s=1.0) as service:
+    async with own_simulator(database_url, db, SimulatorConfig(batch_processing_s=1.0)) as service:
         code, out, err = await cascade(
             "jobs", "submit", "items.jsonl", "--labels", LABELS, "--no-wait", cwd=tmp_path, **as_user(service)
         )
@@ -184,9 +159,8 @@ async def test_cancel_ends_a_job_in_progress_and_its_results_cover_every_item(
     n = 9
     write_jsonl(tmp_path / "items.jsonl", mixed_items(n))
     # Batches of 3 items, one open at a time, each in progress for a minute: the job cannot end on its own here.
-    async with slow_batches(
-        database_url, db, processing_s=60.0, CASCADE_JOB_BATCH_ITEMS=3, CASCADE_JOB_OPEN_BATCHES=1
-    ) as service:
+    slow = SimulatorConfig(batch_processing_s=60.0)
+    async with own_simulator(database_url, db, slow, CASCADE_JOB_BATCH_ITEMS=3, CASCADE_JOB_OPEN_BATCHES=1) as service:
         user = as_user(service)
         code, out, err = await cascade(
             "jobs", "submit", "items.jsonl", "--labels", LABELS, "--no-wait", cwd=tmp_path, **user

@@ -22,7 +22,7 @@ from service.simulator import Simulator
 from service.tables import Job, JobBatch
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
 from tests.test_cli import CASCADE, clean_env
-from tests.test_jobs import items, results, wait_for
+from tests.test_jobs import items, post_jsonl, results, wait_for
 
 _CUSTOM_ID = re.compile(r"^[0-9a-f]{12}-\d+-(?P<seq>\d+)$")
 
@@ -152,12 +152,7 @@ async def test_a_job_of_100000_items_ends_with_one_result_each_and_a_ledger_at_b
     async with db.autocommit() as connection:
         await connection.execute(text("ANALYZE attempts, job_items, requests, job_batches"))
     upload = "".join(json.dumps(item) + "\n" for item in items(n)).encode()
-    created = await api.client.post(
-        "/v1/jobs/jsonl",
-        params=[("labels", label) for label in SENTIMENT],
-        content=upload,
-        headers=api.auth | {"Content-Type": "application/x-ndjson"},
-    )
+    created = await post_jsonl(api, upload)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
     log = tmp_path / "worker.log"

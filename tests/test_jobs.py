@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from service.database import Database
@@ -22,6 +21,7 @@ from service.simulator import Simulator, SimulatorConfig
 from service.tables import Attempt, Cap, JobBatch, Request
 from service.teams import Teams
 from tests.harness import (
+    JOB_WORKER,
     SENTIMENT,
     Service,
     assert_error,
@@ -40,16 +40,6 @@ TEXTS = [
     "Meh.",
 ]
 
-FAST = {"CASCADE_RUN_WORKER": "true", "CASCADE_JOB_POLL_S": 0.05, "CASCADE_JOB_PAUSE_RECHECK_S": 0.2}
-
-
-@pytest.fixture
-async def jobs_service(
-    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
-) -> AsyncIterator[Service]:
-    async with running_service(make_settings(**FAST), database_url, db, sim) as running:
-        yield running
-
 
 @asynccontextmanager
 async def own_simulator(
@@ -57,9 +47,19 @@ async def own_simulator(
 ) -> AsyncIterator[Service]:
     """The service with its worker, against a simulator of its own (the session's `sim` is left as it is)."""
     async with Simulator(config) as simulator:
-        settings = service_settings(database_url, simulator, **(FAST | overrides))
+        settings = service_settings(database_url, simulator, **(JOB_WORKER | overrides))
         async with running_service(settings, database_url, db, simulator) as running:
             yield running
+
+
+async def post_jsonl(service: Service, upload: bytes, **headers: str) -> httpx.Response:
+    """POST /v1/jobs/jsonl with the sentiment labels."""
+    return await service.client.post(
+        "/v1/jobs/jsonl",
+        params=[("labels", label) for label in SENTIMENT],
+        content=upload,
+        headers=service.auth | {"Content-Type": "application/x-ndjson"} | headers,
+    )
 
 
 async def create(service: Service, body: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -204,7 +204,7 @@ async def team_spent(db: Database, team_id: uuid.UUID) -> tuple[Decimal, Decimal
 async def test_a_job_under_a_cap_pauses_spends_no_more_and_finishes_when_the_cap_is_raised(
     make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
 ) -> None:
-    settings = make_settings(**FAST, CASCADE_JOB_BATCH_ITEMS=10)
+    settings = make_settings(**JOB_WORKER, CASCADE_JOB_BATCH_ITEMS=10)
     body = {"items": items(60), "labels": SENTIMENT}
     async with running_service(settings, database_url, db, sim, team="uncapped") as service:
         free = (await service.client.post("/v1/jobs", json=body, headers=service.auth)).json()
@@ -367,12 +367,7 @@ async def test_texts_that_cannot_be_stored_fail_their_item_and_bad_ids_the_job(j
     assert [line["status"] for line in lines] == ["done", "failed"]
     assert "NUL" in lines[1]["error"]["message"]
     upload = b'{"text": "fine"}\n{"text": "lone \\ud800 surrogate"}\n'
-    response = await service.client.post(
-        "/v1/jobs/jsonl",
-        params=[("labels", label) for label in SENTIMENT],
-        content=upload,
-        headers=service.auth | {"Content-Type": "application/x-ndjson"},
-    )
+    response = await post_jsonl(service, upload)
     assert response.status_code == 202, response.text
     await wait_for(service, response.json()["id"])
     lines = await results(service, response.json()["id"])
@@ -383,12 +378,7 @@ async def test_texts_that_cannot_be_stored_fail_their_item_and_bad_ids_the_job(j
     )
     assert "NUL" in assert_error(bad_id, 422, "invalid_request")["error"]["message"]
     long_line = b'{"text": "' + b"x" * 2_000_000 + b'"}\n'
-    too_long = await service.client.post(
-        "/v1/jobs/jsonl",
-        params=[("labels", label) for label in SENTIMENT],
-        content=long_line,
-        headers=service.auth | {"Content-Type": "application/x-ndjson"},
-    )
+    too_long = await post_jsonl(service, long_line)
     assert "line 1 is longer than" in assert_error(too_long, 422, "invalid_request")["error"]["message"]
     await assert_ledger_invariants(service.db)
 
@@ -407,19 +397,11 @@ async def test_an_idempotency_key_makes_one_job_of_a_repeated_submission(jobs_se
     )
     assert_error(other, 422, "idempotency_key_reused")
     upload = "".join(json.dumps(item) + "\n" for item in items(4)).encode()
-
-    async def post_jsonl(content: bytes) -> httpx.Response:
-        return await service.client.post(
-            "/v1/jobs/jsonl",
-            params=[("labels", label) for label in SENTIMENT],
-            content=content,
-            headers=service.auth | {"Content-Type": "application/x-ndjson", "Idempotency-Key": "upload-1"},
-        )
-
-    uploaded, replayed = await post_jsonl(upload), await post_jsonl(upload)
+    key = {"Idempotency-Key": "upload-1"}
+    uploaded, replayed = await post_jsonl(service, upload, **key), await post_jsonl(service, upload, **key)
     assert uploaded.status_code == replayed.status_code == 202
     assert replayed.json()["id"] == uploaded.json()["id"] and replayed.headers["idempotent-replayed"] == "true"
-    assert_error(await post_jsonl(upload + b'{"text": "one more"}\n'), 422, "idempotency_key_reused")
+    assert_error(await post_jsonl(service, upload + b'{"text": "one more"}\n', **key), 422, "idempotency_key_reused")
     listed = (await service.client.get("/v1/jobs", headers=service.auth)).json()["jobs"]
     assert sorted(j["id"] for j in listed) == sorted([first["id"], uploaded.json()["id"]])
     for job_id in (first["id"], uploaded.json()["id"]):
