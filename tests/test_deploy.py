@@ -522,7 +522,7 @@ def test_a_compose_implementation_accepts_the_file(validator: list[str], tmp_pat
     assert done.returncode == 0, done.stderr
     done = run_compose(validator, COMPOSE, "--profile", "trial", "config", "--services")
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"postgres", "migrate", "cascade", "lb", "simulator"}
+    assert set(done.stdout.split()) == {"postgres", "migrate", "cascade", "worker", "lb", "simulator"}
     # The validator can say no: the same file with a condition Compose does not know is refused.
     document = yaml.safe_load(COMPOSE.read_text())
     document["services"]["cascade"]["depends_on"]["migrate"]["condition"] = "service_finished"
