@@ -51,6 +51,7 @@ class AttemptPlan:
     strong_model: str | None = None
     request_created_at: datetime | None = None  # None: the reservation's own time
     task_hash: str = ""
+    cache_ttl: str | None = None  # the prompt's prefix is marked for caching (its writes may cost more)
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,11 @@ class Budget:
         at = self.clock()
         day = at.date()
         price = self.catalog.price(plan.model, at, plan.input_token_bound)
-        amount = price.worst_case(plan.input_token_bound, plan.max_tokens)
+        amount = price.worst_case(plan.input_token_bound, plan.max_tokens, cache_ttl=plan.cache_ttl)
         strong_equiv = None
         if plan.strong_model is not None:
             strong_price = self.catalog.price(plan.strong_model, at, plan.input_token_bound)
-            strong_equiv = strong_price.worst_case(plan.input_token_bound, plan.max_tokens)
+            strong_equiv = strong_price.worst_case(plan.input_token_bound, plan.max_tokens, cache_ttl=plan.cache_ttl)
         applicable = self._applicable(day, plan.team_id, plan.team_caps)
         try:
             return await self._reserve(plan, new_request, applicable, price, amount, strong_equiv, at)
@@ -403,7 +404,7 @@ class Budget:
                     },
                 )
                 await CapRepository(session).settle(held.cap_ids, held.reserved_usd, held.reserved_usd)
-                await ledger.add_request_cost(held.request_id, held.reserved_usd, held.strong_equiv_usd)
+                await ledger.add_request_cost(held.request_id, held.reserved_usd, held.strong_equiv_usd, held.stage)
             swept += 1
             if self.on_sweep is not None:
                 self.on_sweep(held.model, held.reserved_usd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from service.logs import annotate
 from service.metrics import Metrics, status_label
 from service.policy import Answer, Defect, EscalationReason, Unavailable, Verdict, escalation, read_answer
 from service.prompt import MessageRequest, Task, build_request
+from service.response_cache import ResponseCache
 from service.retry import MIN_ATTEMPT_S, Deadline, retrying
 from service.settings import Settings
 from service.upstream import Upstream, UpstreamFailure
@@ -44,6 +46,11 @@ class ClassifyCommand:
     task: Task
     threshold: Decimal
     team_caps: TeamCaps = field(default_factory=TeamCaps)
+    cheap_model: str | None = None  # None: the server's (a named task names its own)
+    strong_model: str | None = None
+    shadow_rate: Decimal = Decimal(0)  # the share of kept answers also asked of the strong model (calibration)
+    cache_key: str | None = None  # a named task's response-cache entry for this text (None: not cached)
+    cache_ttl_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Classification:
     attempts: list[AttemptRecord]
     cost_usd: Decimal
     latency_ms: int
+    cache_hit: bool = False
 
 
 @dataclass
@@ -81,6 +89,8 @@ class _Run:
     cmd: ClassifyCommand
     created_at: datetime
     deadline: Deadline
+    cheap: ModelInfo
+    strong: ModelInfo
     started: float = field(default_factory=time.monotonic)
     attempts: list[AttemptRecord] = field(default_factory=list)
     request_written: bool = False
@@ -97,20 +107,35 @@ class _Run:
 
 class Cascade:
     def __init__(
-        self, budget: Budget, upstream: Upstream, catalog: Catalog, settings: Settings, metrics: Metrics
+        self,
+        budget: Budget,
+        upstream: Upstream,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+        cache: ResponseCache,
     ) -> None:
         self.budget = budget
+        self.cache = cache
+        self._rng = random.Random()
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._shadow_slots = asyncio.Semaphore(settings.shadow_concurrency)
         self.upstream = upstream
         self.settings = settings
         self.metrics = metrics
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.cheap = catalog.model(settings.cheap_model)
-        self.strong = catalog.model(settings.strong_model)
+        self.catalog = catalog
 
     async def classify(self, cmd: ClassifyCommand) -> Classification:
-        run = _Run(cmd, created_at=self.budget.clock(), deadline=Deadline.after(self.settings.request_deadline_s))
+        run = _Run(
+            cmd,
+            created_at=self.budget.clock(),
+            deadline=Deadline.after(self.settings.request_deadline_s),
+            cheap=self.catalog.model(cmd.cheap_model or self.settings.cheap_model),
+            strong=self.catalog.model(cmd.strong_model or self.settings.strong_model),
+        )
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -118,8 +143,9 @@ class Cascade:
         self.metrics.in_flight.inc()
         outcome, model = "failed", None
         try:
-            result = await self._classify(run)
+            result = await self._cached(run) or await self._classify(run)
             outcome, model = "ok", result.model
+            self._maybe_shadow(run, result)
             return result
         except CascadeError as exc:
             outcome = "refused" if isinstance(exc, CostCapExceeded) and not run.attempts else "failed"
@@ -148,27 +174,118 @@ class Cascade:
                 if not self._in_flight:
                     self._idle.set()
 
+    async def _cached(self, run: _Run) -> Classification | None:
+        """A response-cache hit, recorded as a request of its own (no attempt, no cost); None on a miss."""
+        cmd = run.cmd
+        if cmd.cache_key is None:
+            return None
+        hit = await self.cache.lookup(cmd.team_id, cmd.cache_key, run.created_at)
+        if hit is None:
+            return None
+        run.finished_ms = run.elapsed_ms()
+        row = self._request_row(run) | {"cache_hit": True, "cached_from": hit.request_id}
+        answer = {"status": "ok", "label": hit.label, "confidence": hit.confidence, "model": hit.model}
+        finish = answer | {"latency_ms": run.finished_ms, "finished_at": self.budget.clock()}
+        await self.budget.record_request(cmd.request_id, finish, row)
+        self.metrics.cache_hit()
+        annotate(cache_hit=True, cached_from=str(hit.request_id))
+        return Classification(
+            id=cmd.request_id,
+            label=hit.label,
+            confidence=hit.confidence,
+            model=hit.model,
+            escalated=False,
+            escalation_reason=None,
+            attempts=[],
+            cost_usd=Decimal(0),
+            latency_ms=run.finished_ms,
+            cache_hit=True,
+        )
+
+    async def _remember(self, run: _Run, result: Classification) -> None:
+        """Keep a final answer for the same text; the cache is a saving, so failing to write it fails nothing."""
+        cmd = run.cmd
+        if cmd.cache_key is None or result.cache_hit:
+            return
+        try:
+            answer = (result.label, result.confidence, result.model)
+            await self.cache.store(cmd.team_id, cmd.cache_key, answer, cmd.request_id, run.created_at, cmd.cache_ttl_s)
+        except DatabaseUnavailable:
+            logger.warning("request %s: its answer could not be cached", cmd.request_id)
+
+    def _maybe_shadow(self, run: _Run, result: Classification) -> None:
+        """With the task's shadow rate, ask the strong model about a kept answer too, off the request path: the
+        response is not held for it, and it is reserved on the caps like any other call (and refused like one)."""
+        rate = run.cmd.shadow_rate
+        if result.escalated or result.cache_hit or rate <= 0 or self._rng.random() >= rate:
+            return
+        if self._shadow_slots.locked():
+            self.metrics.shadow("skipped")  # too many at once: calibration can wait, requests cannot
+            return
+        task = asyncio.create_task(self._shadow(run, result.label), name=f"shadow-{run.cmd.request_id}")
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, run: _Run, cheap_label: str) -> None:
+        async with self._shadow_slots:
+            shadow = _Run(
+                run.cmd,
+                created_at=run.created_at,
+                deadline=Deadline.after(self.settings.attempt_timeout_s + MIN_ATTEMPT_S),
+                cheap=run.cheap,
+                strong=run.strong,
+                attempts=list(run.attempts),
+                request_written=True,
+            )
+            request = build_request(run.strong, run.cmd.task, run.cmd.text)
+            try:
+                verdict = await self._attempt(shadow, "shadow", request)
+            except CostCapExceeded:
+                self.metrics.shadow("refused")
+                return
+            except (CascadeError, UpstreamFailure) as exc:
+                logger.info("request %s: its shadow call failed: %s", run.cmd.request_id, exc)
+                self.metrics.shadow("failed")
+                return
+            except Exception:
+                logger.exception("request %s: its shadow call failed", run.cmd.request_id)
+                self.metrics.shadow("failed")
+                return
+            if isinstance(verdict, Answer):
+                self.metrics.shadow("agreed" if verdict.label == cheap_label else "disagreed")
+            else:
+                self.metrics.shadow("failed")
+
     async def drain(self, timeout_s: float) -> int:
-        """Wait up to `timeout_s` for classifications in progress (settles included); returns how many remain."""
+        """Wait up to `timeout_s` for classifications in progress (settles included), then for shadow calls
+        (cancelled past it: a cancelled call is charged its reservation); returns how many remain."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if self._shadows:
+            _, pending = await asyncio.wait(list(self._shadows), timeout=max(0.0, end - loop.time()))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
         return len(self._in_flight)
 
     async def _classify(self, run: _Run) -> Classification:
-        cheap = await self._stage(run, "cheap", self.cheap)
+        cheap = await self._stage(run, "cheap", run.cheap)
         run.escalation_reason = escalation(cheap, run.cmd.threshold)
-        answer, model = cheap, self.cheap
+        answer, model = cheap, run.cheap
         if run.escalation_reason is not None:
-            strong = await self._stage(run, "strong", self.strong)
+            strong = await self._stage(run, "strong", run.strong)
             if isinstance(strong, Unavailable):
                 raise UpstreamUnavailable(
                     f"the strong model is unavailable: {strong.detail}", retry_after_s=strong.retry_after_s
                 )
             if isinstance(strong, Defect):
                 raise UpstreamRejected(f"the strong model gave no usable answer: {strong.detail}")
-            answer, model = strong, self.strong
+            answer, model = strong, run.strong
         assert isinstance(answer, Answer)
-        return Classification(
+        result = Classification(
             id=run.cmd.request_id,
             label=answer.label,
             confidence=answer.confidence,
@@ -179,6 +296,8 @@ class Cascade:
             cost_usd=run.cost,
             latency_ms=run.finished_ms or run.elapsed_ms(),
         )
+        await self._remember(run, result)
+        return result
 
     async def _stage(self, run: _Run, stage: str, model: ModelInfo) -> Verdict:
         request = build_request(model, run.cmd.task, run.cmd.text)
@@ -210,9 +329,10 @@ class Cascade:
             input_token_bound=request.input_token_bound,
             max_tokens=request.max_tokens,
             team_caps=run.cmd.team_caps,
-            strong_model=self.strong.id if stage == "cheap" else None,
+            strong_model=run.strong.id if stage == "cheap" else None,  # a shadow call has no counterfactual
             request_created_at=run.created_at,
             task_hash=run.cmd.task.hash,
+            cache_ttl=request.cache_ttl,
         )
         reservation = await self._reserve(run, plan)
         try:
@@ -238,6 +358,21 @@ class Cascade:
         verdict = read_answer(reply.text, reply.stop_reason, run.cmd.task.labels)
         reason = escalation(verdict, run.cmd.threshold) if stage == "cheap" else None
         answered = isinstance(verdict, Answer)
+        if stage == "shadow":
+            result = Settlement(
+                outcome=str(verdict.reason) if isinstance(verdict, Defect) else "answered",
+                usage=reply.usage,
+                http_status=200,
+                stop_reason=reply.stop_reason,
+                label=verdict.label if isinstance(verdict, Answer) else None,
+                confidence=verdict.confidence if isinstance(verdict, Answer) else None,
+                upstream_request_id=reply.request_id,
+                latency_ms=reply.latency_ms,
+                error_message=verdict.detail if isinstance(verdict, Defect) else None,
+            )
+            shadow = {"shadow_label": verdict.label} if isinstance(verdict, Answer) else None
+            await self._settle(run, plan, reservation, result, shadow)
+            return verdict
         result = Settlement(
             outcome=str(verdict.reason) if isinstance(verdict, Defect) else "answered",
             usage=reply.usage,
@@ -350,9 +485,10 @@ class Cascade:
             "instructions": cmd.task.instructions,
             "threshold": cmd.threshold,
             "text_chars": len(cmd.text),
-            "cheap_model": self.cheap.id,
-            "strong_model": self.strong.id,
+            "cheap_model": run.cheap.id,
+            "strong_model": run.strong.id,
             "created_at": run.created_at,
+            "task_id": cmd.task.version_id,
         }
 
     async def _record_failure(self, run: _Run, exc: CascadeError) -> None:

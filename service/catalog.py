@@ -34,6 +34,8 @@ class ModelInfo:
     # Haiku 5.5 thinks unless told not to; thinking tokens are billed as output and count toward max_tokens.
     thinks_by_default: bool = False
     aliases: tuple[str, ...] = ()
+    # The shortest prompt prefix the API caches (shorter ones are sent, and billed, as plain input).
+    min_cache_tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -92,18 +94,16 @@ class PriceRow:
         ) / MILLION
         return total * BATCH_DISCOUNT if batch else total
 
-    def worst_case(
-        self, input_tokens: int, max_output_tokens: int, *, caching: bool = False, batch: bool = False
-    ) -> Decimal:
+    def worst_case(self, input_tokens: int, max_output_tokens: int, *, cache_ttl: str | None = None) -> Decimal:
         """Most a call can cost: every output token billed, every prompt token at the input price.
 
-        With prompt caching on, a prompt token may instead be a cache write, so the dearest kind is used.
+        A prompt whose prefix is marked for caching (`cache_ttl` 5m or 1h) may instead be billed as a cache
+        write at that duration's price, so the dearer of the two is used.
         """
         per_input = self.input
-        if caching:
-            per_input = max(self.input, self.cache_write_5m, self.cache_write_1h, self.cache_read)
-        total = (input_tokens * per_input + max_output_tokens * self.output) / MILLION
-        return total * BATCH_DISCOUNT if batch else total
+        if cache_ttl is not None:
+            per_input = max(self.input, self.cache_write_1h if cache_ttl == "1h" else self.cache_write_5m)
+        return (input_tokens * per_input + max_output_tokens * self.output) / MILLION
 
 
 def _d(value: str) -> Decimal:
@@ -111,7 +111,15 @@ def _d(value: str) -> Decimal:
 
 
 MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "haiku", 200_000, 64_000, aliases=("claude-haiku-4-5",)),
+    ModelInfo(
+        "claude-haiku-4-5-20251001",
+        "Claude Haiku 4.5",
+        "haiku",
+        200_000,
+        64_000,
+        aliases=("claude-haiku-4-5",),
+        min_cache_tokens=4096,
+    ),
     ModelInfo(
         "claude-sonnet-4-5-20250929",
         "Claude Sonnet 4.5",
@@ -124,7 +132,16 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("claude-sonnet-4-6", "Claude Sonnet 4.6", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-sonnet-5", "Claude Sonnet 5", "sonnet", 1_000_000, 128_000),
     ModelInfo("claude-sonnet-5-5", "Claude Sonnet 5.5", "sonnet", 1_000_000, 128_000),
-    ModelInfo("claude-haiku-5-5", "Claude Haiku 5.5", "haiku", 1_000_000, 128_000, thinks_by_default=True),
+    # Not published for Haiku 5.5: taken as Haiku 4.5's (a prefix too short to cache costs nothing extra).
+    ModelInfo(
+        "claude-haiku-5-5",
+        "Claude Haiku 5.5",
+        "haiku",
+        1_000_000,
+        128_000,
+        thinks_by_default=True,
+        min_cache_tokens=4096,
+    ),
 )
 
 # Claude Sonnet 5 is live but no price for it is on record here, so it is refused at start-up.

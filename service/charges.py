@@ -137,7 +137,7 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
         WITH held AS (
             UPDATE attempts SET state = 'settled', {set_attempt}
             WHERE id = :attempt_id AND state = 'reserved'
-            RETURNING request_id, cap_ids, reserved_usd, strong_equiv_usd
+            RETURNING request_id, cap_ids, reserved_usd, strong_equiv_usd, stage
         ),
         locked AS (
             SELECT caps.id FROM caps, held WHERE caps.id = ANY(held.cap_ids) ORDER BY caps.id FOR UPDATE OF caps
@@ -161,8 +161,12 @@ def _settle_sql(attempt_columns: tuple[str, ...], request_columns: tuple[str, ..
             FROM charged
         ),
         request AS (
+            -- A shadow call's cost is calibration spend: on the cap rows and in the ledger, apart from the
+            -- answer's cost.
             UPDATE requests
-            SET cost_usd = requests.cost_usd + coalesce((SELECT :cost FROM held), 0),
+            SET cost_usd = requests.cost_usd + coalesce((SELECT :cost FROM held WHERE stage <> 'shadow'), 0),
+                shadow_cost_usd = requests.shadow_cost_usd
+                    + coalesce((SELECT :cost FROM held WHERE stage = 'shadow'), 0),
                 all_strong_cost_usd = requests.all_strong_cost_usd
                     + coalesce((SELECT held.strong_equiv_usd FROM held), 0){set_request}
             WHERE requests.id = :request_id

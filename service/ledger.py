@@ -24,6 +24,7 @@ class HeldReservation:
     reserved_usd: Decimal
     strong_equiv_usd: Decimal | None = None
     model: str = ""
+    stage: str = ""
 
 
 class LedgerRepository:
@@ -40,22 +41,29 @@ class LedgerRepository:
                 update(Attempt)
                 .where(Attempt.id == attempt_id, Attempt.state == "reserved")
                 .values(state="settled", **values)
-                .returning(Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd, Attempt.strong_equiv_usd)
+                .returning(
+                    Attempt.request_id, Attempt.cap_ids, Attempt.reserved_usd, Attempt.strong_equiv_usd, Attempt.stage
+                )
             )
         ).one_or_none()
         if row is None:
             return None
-        return HeldReservation(attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd, row.strong_equiv_usd)
-
-    async def add_request_cost(self, request_id: uuid.UUID, cost: Decimal, strong_equiv: Decimal | None) -> None:
-        await self.session.execute(
-            update(Request)
-            .where(Request.id == request_id)
-            .values(
-                cost_usd=Request.cost_usd + cost,
-                all_strong_cost_usd=Request.all_strong_cost_usd + (strong_equiv or Decimal(0)),
-            )
+        return HeldReservation(
+            attempt_id, row.request_id, list(row.cap_ids), row.reserved_usd, row.strong_equiv_usd, stage=row.stage
         )
+
+    async def add_request_cost(
+        self, request_id: uuid.UUID, cost: Decimal, strong_equiv: Decimal | None, stage: str = "cheap"
+    ) -> None:
+        """Add an attempt's cost to its request: to the answer's cost, or for a shadow call to its own column."""
+        if stage == "shadow":
+            values: dict[str, Any] = {"shadow_cost_usd": Request.shadow_cost_usd + cost}
+        else:
+            values = {
+                "cost_usd": Request.cost_usd + cost,
+                "all_strong_cost_usd": Request.all_strong_cost_usd + (strong_equiv or Decimal(0)),
+            }
+        await self.session.execute(update(Request).where(Request.id == request_id).values(**values))
 
     async def finish_request(self, request_id: uuid.UUID, values: dict[str, Any]) -> None:
         await self.session.execute(update(Request).where(Request.id == request_id).values(**values))
@@ -70,6 +78,7 @@ class LedgerRepository:
                 Attempt.reserved_usd,
                 Attempt.strong_equiv_usd,
                 Attempt.model,
+                Attempt.stage,
             )
             # A Message Batch's requests are its job's worker's to settle (service.job_ledger).
             .where(Attempt.state == "reserved", Attempt.reserved_at < cutoff, Attempt.batch_id.is_(None))
@@ -78,7 +87,7 @@ class LedgerRepository:
             .with_for_update(skip_locked=True)
         )
         return [
-            HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd, r.strong_equiv_usd, r.model)
+            HeldReservation(r.id, r.request_id, list(r.cap_ids), r.reserved_usd, r.strong_equiv_usd, r.model, r.stage)
             for r in rows
         ]
 

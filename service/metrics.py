@@ -124,6 +124,15 @@ class Metrics:
             buckets=_SECONDS,
             registry=r,
         )
+        self.cache_hits = Counter(
+            "cascade_cache_hits", "Requests answered from the response cache (no upstream call)", registry=r
+        )
+        self.shadows = Counter(
+            "cascade_shadow_requests",
+            "Shadow calibration calls of the strong model, by result (agreed, disagreed, refused, failed, skipped)",
+            ["result"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "cascade_requests_in_flight",
             "Classifications in progress in this process",
@@ -155,6 +164,12 @@ class Metrics:
     def charge(self, model: str, cost: Decimal) -> None:
         """A charge made without an answer (the sweeper's worst case)."""
         self.cost.labels(model).inc(float(cost))
+
+    def cache_hit(self) -> None:
+        self.cache_hits.inc()
+
+    def shadow(self, result: str) -> None:
+        self.shadows.labels(result).inc()
 
     def request(self, outcome: str, model: str | None, escalation: str | None, seconds: float) -> None:
         self.requests.labels(outcome, model or "").inc()

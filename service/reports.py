@@ -134,6 +134,7 @@ class EscalationBucket:
     refused: int = 0
     decided: int = 0
     escalated: int = 0
+    cache_hits: int = 0
     escalation_rate: Decimal | None = None
     reasons: dict[str, int] = field(default_factory=dict)
     cheap_answers: int = 0
@@ -167,7 +168,9 @@ class ModelCost:
 class CostBucket:
     key: str | None
     requests: int = 0
+    cache_hits: int = 0
     cost_usd: Decimal = Decimal(0)
+    shadow_cost_usd: Decimal = Decimal(0)
     cost_mean_usd: Decimal | None = None
     cost_p50_usd: Decimal | None = None
     cost_p95_usd: Decimal | None = None
@@ -231,8 +234,9 @@ def _escalation_sql(group_by: str, scope: Scope) -> str:
         "answered": "count(*) FILTER (WHERE status = 'ok')",
         "failed": "count(*) FILTER (WHERE status = 'failed')",
         "refused": "count(*) FILTER (WHERE status = 'refused')",
-        "decided": "count(*) FILTER (WHERE escalated OR status = 'ok')",
+        "decided": "count(*) FILTER (WHERE escalated OR (status = 'ok' AND NOT cache_hit))",
         "escalated": "count(*) FILTER (WHERE escalated)",
+        "cache_hits": "count(*) FILTER (WHERE cache_hit)",
         **{f"reason_{r}": f"count(*) FILTER (WHERE escalated AND escalation_reason = '{r}')" for r in _REASONS},
         "cheap_answers": "count(cheap_confidence)",
         "cheap_confidence_sum": "sum(cheap_confidence)",
@@ -242,7 +246,7 @@ def _escalation_sql(group_by: str, scope: Scope) -> str:
     }
     inner = f"""
         SELECT {_bucket_sql(group_by, "created_at")} AS b, status, escalated, escalation_reason,
-            cheap_confidence, cheap_label, label
+            cheap_confidence, cheap_label, label, cache_hit
         FROM requests
         WHERE created_at >= :start AND created_at < :end AND status <> 'pending'{scope.sql()}
     """
@@ -258,6 +262,7 @@ def _escalation_bucket(key: str | None, row: Any) -> EscalationBucket:
         refused=row.refused,
         decided=row.decided,
         escalated=row.escalated,
+        cache_hits=row.cache_hits,
         escalation_rate=ratio(row.escalated, row.decided),
         reasons={r: getattr(row, f"reason_{r}") for r in _REASONS if getattr(row, f"reason_{r}")},
         cheap_answers=row.cheap_answers,
@@ -423,9 +428,10 @@ def _request_cost_sql(group_by: str | None, scope: Scope) -> str:
             percentile_disc(0.5) WITHIN GROUP (ORDER BY cost_usd) AS p50,
             percentile_disc(0.95) WITHIN GROUP (ORDER BY cost_usd) AS p95,
             count(*) FILTER (WHERE escalated) AS escalated,
-            count(*) FILTER (WHERE escalated OR status = 'ok') AS decided
+            count(*) FILTER (WHERE escalated OR (status = 'ok' AND NOT cache_hit)) AS decided,
+            count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(shadow_cost_usd) AS shadow_cost_usd
         FROM (
-            SELECT {bucket} AS b, cost_usd, all_strong_cost_usd, escalated, status
+            SELECT {bucket} AS b, cost_usd, all_strong_cost_usd, escalated, status, cache_hit, shadow_cost_usd
             FROM requests WHERE created_at >= :start AND created_at < :end{scope.sql()}
         ) r
         {grouping}
@@ -471,6 +477,8 @@ def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBuck
     bucket = CostBucket(
         key=key,
         requests=row.requests,
+        cache_hits=getattr(row, "cache_hits", 0),
+        shadow_cost_usd=getattr(row, "shadow_cost_usd", None) or Decimal(0),
         cost_usd=row.cost_usd,
         cost_mean_usd=ratio(row.cost_usd, row.requests, MONEY_PLACES),
         cost_p50_usd=row.p50,
@@ -488,24 +496,34 @@ async def _team_names(session: AsyncSession) -> dict[uuid.UUID, str]:
 
 
 async def _tasks(session: AsyncSession, hashes: list[Any], window: Window, scope: Scope) -> dict[Any, dict[str, Any]]:
-    """The label set and instructions behind each task hash (one example row per hash)."""
+    """The label set and instructions behind each task hash (one example row per hash), and for a named task's
+    version (whose hash is its own) its name and version."""
     if not hashes:
         return {}
     rows = await session.execute(
         text(
             f"""
-            SELECT h.task_hash, r.labels, r.instructions
+            SELECT h.task_hash, r.labels, r.instructions, t.name, t.version
             FROM unnest(CAST(:hashes AS text[])) AS h(task_hash)
             CROSS JOIN LATERAL (
-                SELECT labels, instructions FROM requests
+                SELECT labels, instructions, task_id FROM requests
                 WHERE task_hash = h.task_hash AND created_at >= :start AND created_at < :end{scope.sql()}
                 LIMIT 1
             ) r
+            LEFT JOIN tasks t ON t.id = r.task_id
             """
         ),
         {"hashes": [str(h) for h in hashes], **window.params(), **scope.params()},
     )
-    return {row.task_hash: {"labels": row.labels, "instructions": row.instructions} for row in rows}
+    return {
+        row.task_hash: {
+            "labels": row.labels,
+            "instructions": row.instructions,
+            "name": row.name,
+            "version": row.version,
+        }
+        for row in rows
+    }
 
 
 def day_window(days: int, now: datetime) -> Window:

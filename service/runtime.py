@@ -19,7 +19,9 @@ from service.jobs import Jobs
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.reports import Reports
+from service.response_cache import ResponseCache
 from service.settings import Settings
+from service.tasks import Tasks
 from service.teams import Teams
 from service.upstream import Upstream
 from service.worker import Worker
@@ -41,6 +43,7 @@ class Runtime:
     metrics: Metrics
     jobs: Jobs
     worker: Worker
+    tasks: Tasks
 
     @staticmethod
     def check(settings: Settings, *, warn: bool = True) -> str:
@@ -71,7 +74,7 @@ class Runtime:
             db=db,
             upstream=upstream,
             budget=budget,
-            cascade=Cascade(budget, upstream, catalog, settings, metrics),
+            cascade=Cascade(budget, upstream, catalog, settings, metrics, ResponseCache(db)),
             teams=Teams(db),
             idempotency=Idempotency(db, budget.clock, settings.reservation_ttl_s),
             limiter=RateLimiter(settings.team_rate_per_s, settings.team_burst),
@@ -79,6 +82,7 @@ class Runtime:
             metrics=metrics,
             jobs=Jobs(db, settings),
             worker=Worker(budget, upstream, catalog, settings),
+            tasks=Tasks(db, settings, catalog),
         )
 
     async def start(self) -> None:
@@ -96,6 +100,7 @@ class Runtime:
             try:
                 await self.budget.sweep()
                 await self.idempotency.purge_expired()
+                await self.cascade.cache.purge_expired(utcnow())
             except DatabaseUnavailable:
                 logger.warning("sweeper: database unavailable, will retry")
             except Exception:

@@ -128,6 +128,31 @@ class Settings(BaseSettings):
         validation_alias="CASCADE_BATCH_CONCURRENCY",
         description="Items of one batch call classified at once.",
     )
+    max_task_examples: int = Field(
+        default=50,
+        ge=0,
+        validation_alias="CASCADE_MAX_TASK_EXAMPLES",
+        description="Most few-shot examples in a named task.",
+    )
+    max_task_prompt_chars: int = Field(
+        default=400_000,
+        ge=1000,
+        validation_alias="CASCADE_MAX_TASK_PROMPT_CHARS",
+        description="Longest prompt prefix (instructions, labels and examples) of a named task, in characters.",
+    )
+    shadow_concurrency: int = Field(
+        default=8,
+        ge=1,
+        validation_alias="CASCADE_SHADOW_CONCURRENCY",
+        description="Shadow calibration calls one process makes at once; past it a sampled shadow is skipped "
+        '(counted in cascade_shadow_requests_total{result="skipped"}).',
+    )
+    cache_ttl_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        validation_alias="CASCADE_CACHE_TTL_S",
+        description="How long an answer is kept in the exact-match response cache; 0 turns the cache off.",
+    )
     max_job_items: int = Field(
         default=1_000_000, ge=1, validation_alias="CASCADE_MAX_JOB_ITEMS", description="Most items in one job."
     )

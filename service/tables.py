@@ -113,6 +113,51 @@ class Cap(Base):
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
 
 
+class TaskVersion(Base):
+    """One version of a team's named task: what PUT /v1/tasks/{name} stored. Versions are never changed."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("team_id", "name", "version", name="uq_tasks_team_name_version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold_probability"),
+        CheckConstraint("shadow_rate >= 0 AND shadow_rate <= 1", name="shadow_rate_probability"),
+        CheckConstraint("prompt_cache IN ('5m', '1h')", name="prompt_cache_known"),
+        CheckConstraint("cache_ttl_s >= 0", name="cache_ttl_not_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[str]] = mapped_column(JSONB)
+    instructions: Mapped[str | None] = mapped_column(Text)
+    examples: Mapped[list[dict[str, str]]] = mapped_column(JSONB)  # [{"text", "label"}]
+    threshold: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+    cheap_model: Mapped[str] = mapped_column(String(64))
+    strong_model: Mapped[str] = mapped_column(String(64))
+    shadow_rate: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+    prompt_cache: Mapped[str] = mapped_column(String(4))
+    cache_ttl_s: Mapped[int] = mapped_column(Integer)  # how long its answers stay in the response cache; 0: never
+    created_at: Mapped[datetime] = mapped_column(TZDateTime)
+
+
+class CachedResponse(Base):
+    """An answer of a named task's version, kept for the same normalized text (service.response_cache)."""
+
+    __tablename__ = "response_cache"
+    __table_args__ = (Index("ix_response_cache_expires", "expires_at"),)
+
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+    model: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    expires_at: Mapped[datetime] = mapped_column(TZDateTime)
+
+
 class Request(Base):
     """One client classification request and its outcome."""
 
@@ -121,6 +166,7 @@ class Request(Base):
         Index("ix_requests_team_created", "team_id", "created_at"),
         Index("ix_requests_created", "created_at"),
         Index("ix_requests_job", "job_id", postgresql_where="job_id IS NOT NULL"),
+        Index("ix_requests_task_created", "task_id", "created_at"),
         CheckConstraint("status IN ('pending', 'ok', 'failed', 'refused')", name="status_known"),
     )
 
@@ -152,6 +198,14 @@ class Request(Base):
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     # The job an item of a batch job belongs to; NULL for the online API.
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The named task version it ran (NULL for a task given inline).
+    task_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
+    # Answered from the response cache (no upstream call, no cost): the request whose answer it repeats.
+    cache_hit: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    cached_from: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # Shadow calibration: the strong model's label for a kept answer, and what asking it cost (not in cost_usd).
+    shadow_label: Mapped[str | None] = mapped_column(Text)
+    shadow_cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
 
 
 class Attempt(Base):
@@ -172,7 +226,7 @@ class Attempt(Base):
         Index("ix_attempts_team_request_created", "team_id", "request_created_at"),
         Index("ix_attempts_batch", "batch_id", postgresql_where="batch_id IS NOT NULL"),
         CheckConstraint("state IN ('reserved', 'settled')", name="state_known"),
-        CheckConstraint("stage IN ('cheap', 'strong')", name="stage_known"),
+        CheckConstraint("stage IN ('cheap', 'strong', 'shadow')", name="stage_known"),
         CheckConstraint("state = 'reserved' OR cost_usd IS NOT NULL", name="settled_has_cost"),
         CheckConstraint("cost_usd IS NULL OR cost_usd >= 0", name="cost_not_negative"),
     )

@@ -446,10 +446,12 @@ class Worker:
             strong_equiv = None
             if stage == "cheap":
                 strong_row = self.catalog.price(run.strong.id, now, request.input_token_bound).for_batch()
-                strong_equiv = strong_row.worst_case(request.input_token_bound, request.max_tokens)
+                strong_equiv = strong_row.worst_case(
+                    request.input_token_bound, request.max_tokens, cache_ttl=request.cache_ttl
+                )
             bodies[seq] = request.body
             max_tokens = request.max_tokens
-            reserved = price.worst_case(request.input_token_bound, request.max_tokens)
+            reserved = price.worst_case(request.input_token_bound, request.max_tokens, cache_ttl=request.cache_ttl)
             items.append(
                 HeldItem(seq, len(text), request.input_token_bound, reserved, strong_equiv, _price_columns(price))
             )

@@ -145,11 +145,16 @@ async def assert_ledger_invariants(db: Database, *, requests_finished: bool = Tr
             f"cap {cap.scope}/{cap.period} spent {cap.spent_usd} != ledger sum"
         )
     own: dict[uuid.UUID, Decimal] = {}
+    shadow: dict[uuid.UUID, Decimal] = {}
     for a in attempts:
-        own[a.request_id] = own.get(a.request_id, Decimal(0)) + (a.cost_usd or Decimal(0))
+        into = shadow if a.stage == "shadow" else own
+        into[a.request_id] = into.get(a.request_id, Decimal(0)) + (a.cost_usd or Decimal(0))
     for request in requests:
         assert request.cost_usd == own.get(request.id, Decimal(0)), f"request {request.id} cost differs"
+        assert request.shadow_cost_usd == shadow.get(request.id, Decimal(0)), f"request {request.id} shadow differs"
         assert not requests_finished or request.status != "pending", f"request {request.id} left pending"
+        if request.cache_hit:
+            assert request.id not in own and request.id not in shadow, "a cache hit makes no call"
 
 
 # Budget tests: a settable clock, one attempt's plan and its request row.

@@ -157,7 +157,7 @@ def test_cost_is_exact_where_floats_are_not(catalog: Catalog) -> None:
 def test_batch_halves_every_cost(catalog: Catalog, model: str, day: date) -> None:
     row = catalog.price(model, at(day))
     assert row.cost(EVERY_KIND, batch=True) * 2 == row.cost(EVERY_KIND)
-    assert row.worst_case(5000, 300, batch=True) * 2 == row.worst_case(5000, 300)
+    assert row.for_batch().worst_case(5000, 300) * 2 == row.worst_case(5000, 300)
 
 
 def test_zero_usage_costs_nothing(catalog: Catalog) -> None:
@@ -194,7 +194,7 @@ CACHING_USAGES = [
 
 
 def assert_reservation_covers(
-    catalog: Catalog, model: str, day: date, bound: int, max_tokens: int, usage: TokenUsage, **kwargs: bool
+    catalog: Catalog, model: str, day: date, bound: int, max_tokens: int, usage: TokenUsage, **kwargs: str
 ) -> None:
     assert usage.prompt_tokens <= bound
     assert usage.output <= max_tokens
@@ -202,7 +202,7 @@ def assert_reservation_covers(
     reserve_row = catalog.price(model, when, bound)
     charge_row = catalog.price(model, when, usage.prompt_tokens)
     assert reserve_row.worst_case(bound, max_tokens, **kwargs) >= charge_row.cost(usage)
-    assert reserve_row.worst_case(bound, max_tokens, batch=True, **kwargs) >= charge_row.cost(usage, batch=True)
+    assert reserve_row.for_batch().worst_case(bound, max_tokens, **kwargs) >= charge_row.for_batch().cost(usage)
 
 
 @pytest.mark.parametrize(("model", "day", "bound", "max_tokens", "usage"), PLAIN_USAGES)
@@ -216,14 +216,17 @@ def test_worst_case_covers_any_usage_within_the_bounds(
 def test_worst_case_with_caching_covers_cache_writes_too(
     catalog: Catalog, model: str, day: date, bound: int, max_tokens: int, usage: TokenUsage
 ) -> None:
-    assert_reservation_covers(catalog, model, day, bound, max_tokens, usage, caching=True)
+    assert_reservation_covers(catalog, model, day, bound, max_tokens, usage, cache_ttl="1h")
 
 
 def test_worst_case_prices_prompt_tokens_at_input_or_with_caching_at_the_dearest_kind(catalog: Catalog) -> None:
     row = catalog.price(SONNET_46, at(date(2026, 6, 1)))
     assert row.worst_case(1000, 50) == row.cost(TokenUsage(input=1000, output=50)) == Decimal("0.00375")
-    assert row.worst_case(1000, 50, caching=True) == row.cost(TokenUsage(cache_write_1h=1000, output=50))
-    assert row.worst_case(1000, 50, caching=True) == Decimal("0.00675")  # 1000 * 6 + 50 * 15 = 6750 per million
+    assert row.worst_case(1000, 50, cache_ttl="1h") == row.cost(TokenUsage(cache_write_1h=1000, output=50))
+    assert row.worst_case(1000, 50, cache_ttl="1h") == Decimal("0.00675")  # 1000 * 6 + 50 * 15 = 6750 per million
+    # Marked for five minutes, a prompt token costs at most a five-minute write: 1000 * 3.75 + 50 * 15.
+    assert row.worst_case(1000, 50, cache_ttl="5m") == row.cost(TokenUsage(cache_write_5m=1000, output=50))
+    assert row.worst_case(1000, 50, cache_ttl="5m") == Decimal("0.0045")
 
 
 # --- which models may be served --------------------------------------------------------------------

@@ -82,6 +82,10 @@ OPERATIONS = {
     "GET /v1/jobs/{job_id}": "both",
     "GET /v1/jobs/{job_id}/results": "both",
     "POST /v1/jobs/{job_id}/cancel": "both",
+    "PUT /v1/tasks/{name}": "both",
+    "GET /v1/tasks": "none",
+    "GET /v1/tasks/{name}": "positive",
+    "GET /v1/tasks/{name}/versions/{version}": "both",
 }
 
 # (operation, check) -> (the status codes it fails on, why). Empty: every defect this module found is fixed;
@@ -182,6 +186,20 @@ def explicit_cases(op: Any, arranged: Arranged) -> list[Any]:
         ]
     if label in {"GET /v1/jobs/{job_id}", "GET /v1/jobs/{job_id}/results", "POST /v1/jobs/{job_id}/cancel"}:
         return [op.Case(path_parameters={"job_id": arranged.job_id})]
+    if label == "PUT /v1/tasks/{name}":
+        bodies = [
+            {"labels": ["spam", "ham"]},
+            {"labels": ["a", "b", "c"], "instructions": "Pick one.", "threshold": "0.7", "shadow_rate": "0.1"},
+            {"labels": ["yes", "no"], "examples": [{"text": "Sure", "label": "yes"}], "prompt_cache": "1h"},
+        ]
+        return [
+            op.Case(path_parameters={"name": f"fuzz-{i}"}, body=body, media_type="application/json")
+            for i, body in enumerate(bodies)
+        ]
+    if label == "GET /v1/tasks/{name}":
+        return [op.Case(path_parameters={"name": "fuzz-task"})]
+    if label == "GET /v1/tasks/{name}/versions/{version}":
+        return [op.Case(path_parameters={"name": "fuzz-task", "version": 1})]
     if label == "POST /v1/admin/teams":
         bodies: list[dict[str, Any]] = [
             {"name": "fuzz-new.1"},
@@ -280,6 +298,8 @@ async def arrange(service: Service) -> Arranged:
         "/v1/jobs", json={"items": [{"text": "Fine."}], "labels": ["good", "bad"]}, headers=service.auth
     )
     assert job.status_code == 202, job.text
+    task = await service.client.put("/v1/tasks/fuzz-task", json={"labels": ["good", "bad"]}, headers=service.auth)
+    assert task.status_code == 201, task.text
     return Arranged(classified.json()["id"], team, key.json()["id"], job.json()["id"])
 
 

@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from service.api import admin, batch, classify, dashboard, health, jobs, metrics, reports, requests, spend
+from service.api import admin, batch, classify, dashboard, health, jobs, metrics, reports, requests, spend, tasks
 from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
@@ -46,6 +46,7 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
             classify.classify,
             batch.route(settings),
             jobs.router(settings),
+            tasks.router,
             requests.get_request,
             reports.escalations,
             reports.costs,

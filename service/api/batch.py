@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from service.api.classify import claim_or_replay, classification_out, idempotency_key, to_command
+from service.api.classify import claim_or_replay, classification_out, idempotency_key, task_of, to_command
 from service.api.errors import documented, error_details
 from service.api.schemas import BatchIn, BatchItemOut, BatchOut, ClassifyIn, ErrorBody
 from service.batch import BatchItem, BatchRunner, ItemOutcome
@@ -22,22 +22,23 @@ from service.keys import Caller
 from service.logs import annotate
 from service.runtime import Runtime
 from service.settings import Settings
+from service.tables import TaskVersion
 
 _RESPONSES = documented(400, 401, 409, 413, 422, 503)
 
 
-def batch_items(data: BatchIn, caller: Caller, settings: Settings) -> list[BatchItem]:
+def batch_items(data: BatchIn, caller: Caller, settings: Settings, version: TaskVersion | None) -> list[BatchItem]:
     """Check the shared fields once (a bad label set fails the batch: 422) and each text on its own (a bad
     text fails its item only)."""
     if not 1 <= len(data.items) <= settings.max_batch_items:
         raise InvalidInput(f"items must have between 1 and {settings.max_batch_items} entries", field="items")
     shared = {"labels": data.labels, "instructions": data.instructions, "threshold": data.threshold}
-    to_command(ClassifyIn(text="-", **shared), caller, uuid.uuid4(), settings)
+    to_command(ClassifyIn(text="-", **shared), caller, uuid.uuid4(), settings, version)
     items = []
     for index, item in enumerate(data.items):
         request_id = uuid.uuid4()
         try:
-            command = to_command(ClassifyIn(text=item.text, **shared), caller, request_id, settings)
+            command = to_command(ClassifyIn(text=item.text, **shared), caller, request_id, settings, version)
         except InvalidInput as exc:
             items.append(BatchItem(index, item.id, request_id, None, exc))
         else:
@@ -76,7 +77,7 @@ async def classify_batch(
     call_id: NamedDependency[uuid.UUID],
 ) -> Response[BatchOut]:
     annotate(team_id=str(caller.team_id), key_id=str(caller.key_id))
-    items = batch_items(data, caller, runtime.settings)
+    items = batch_items(data, caller, runtime.settings, await task_of(data, caller, runtime))
     runner = BatchRunner(runtime.cascade, runtime.limiter, runtime.settings.batch_concurrency)
     key = idempotency_key(request.headers)
     if key is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from litestar import Request, Response, post
@@ -13,52 +14,68 @@ from litestar.params import JSONBody
 from pydantic import BaseModel
 
 from service.api.errors import documented, error_details
-from service.api.schemas import AttemptOut, ClassifyIn, ClassifyOut, Tokens
+from service.api.schemas import AttemptOut, BatchIn, ClassifyIn, ClassifyOut, Tokens
 from service.cascade import AttemptRecord, Classification, ClassifyCommand
 from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
 from service.idempotency import body_hash
 from service.keys import Caller
 from service.logs import annotate
 from service.prompt import Task, text_problem
+from service.response_cache import cache_key
 from service.runtime import Runtime
 from service.settings import Settings
+from service.tables import TaskVersion
+from service.tasks import as_task, check_labels
 
 Out = TypeVar("Out", bound=BaseModel)
 
 _RESPONSES = documented(400, 401, 402, 409, 413, 422, 429, 502, 503, 504)
 
 
-def to_command(data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings: Settings) -> ClassifyCommand:
+async def task_of(data: ClassifyIn | BatchIn, caller: Caller, runtime: Runtime) -> TaskVersion | None:
+    """The named task a request gives (the team's own; another team's is not found), or None for an inline one."""
+    if data.task is None:
+        if data.labels is None:
+            raise InvalidInput("give `labels` (and optional `instructions`), or a named `task`", field="labels")
+        return None
+    if data.labels is not None or data.instructions is not None:
+        raise InvalidInput("give either a named `task` or `labels` and `instructions`, not both", field="task")
+    return await runtime.tasks.resolve(caller.team_id, data.task)
+
+
+def to_command(
+    data: ClassifyIn, caller: Caller, request_id: uuid.UUID, settings: Settings, version: TaskVersion | None = None
+) -> ClassifyCommand:
     if (problem := text_problem(data.text, settings.max_text_chars)) is not None:
         raise InvalidInput(problem, field="text")
-    if not 2 <= len(data.labels) <= settings.max_labels:
-        raise InvalidInput(f"labels must have between 2 and {settings.max_labels} entries", field="labels")
-    for label in data.labels:
-        if "\x00" in label:
-            raise InvalidInput("labels must not contain NUL characters", field="labels")
-        if not label.strip():
-            raise InvalidInput("labels must not be empty", field="labels")
-        if len(label) > settings.max_label_chars:
-            raise InvalidInput(
-                f"label {label[:20]!r}... is longer than {settings.max_label_chars} characters", field="labels"
-            )
-    if len(set(data.labels)) != len(data.labels):
-        raise InvalidInput("labels must be unique", field="labels")
-    if data.instructions is not None and "\x00" in data.instructions:
-        raise InvalidInput("instructions must not contain NUL characters", field="instructions")
-    if data.threshold is not None and data.threshold < settings.threshold:
-        raise InvalidInput(f"threshold may raise the server's {settings.threshold} but not lower it", field="threshold")
-    if data.instructions is not None and len(data.instructions) > settings.max_instructions_chars:
-        raise InvalidInput(
-            f"instructions are longer than {settings.max_instructions_chars} characters", field="instructions"
-        )
+    if version is None:
+        labels = data.labels or []
+        check_labels(labels, data.instructions, settings)
+        task = Task(tuple(labels), data.instructions or None)
+        floor, whose = settings.threshold, "the server's"
+        cheap, strong, shadow = settings.cheap_model, settings.strong_model, Decimal(0)
+    else:
+        task = as_task(version)
+        floor, whose = version.threshold, f"task {version.name}@{version.version}'s"
+        cheap, strong, shadow = version.cheap_model, version.strong_model, version.shadow_rate
+    if data.threshold is not None and data.threshold < floor:
+        raise InvalidInput(f"threshold may raise {whose} {floor} but not lower it", field="threshold")
+    threshold = floor if data.threshold is None else data.threshold
+    key = None
+    if version is not None and version.cache_ttl_s > 0 and data.cache:
+        key = cache_key(version.id, threshold, cheap, strong, data.text)
     return ClassifyCommand(
         request_id=request_id,
         team_id=caller.team_id,
         text=data.text,
-        task=Task(tuple(data.labels), data.instructions or None),
-        threshold=settings.threshold if data.threshold is None else data.threshold,
+        task=task,
+        threshold=threshold,
         team_caps=caller.caps,
+        cheap_model=cheap,
+        strong_model=strong,
+        shadow_rate=shadow,
+        cache_key=key,
+        cache_ttl_s=0 if version is None else version.cache_ttl_s,
     )
 
 
@@ -97,6 +114,7 @@ def classification_out(result: Classification) -> ClassifyOut:
         attempts=[attempt_out(a) for a in result.attempts],
         cost_usd=result.cost_usd,
         latency_ms=result.latency_ms,
+        cache_hit=result.cache_hit,
     )
 
 
@@ -153,7 +171,7 @@ async def classify(
     if runtime.settings.log_text:
         annotate(text=data.text)
     runtime.limiter.acquire(caller.team_id)
-    command = to_command(data, caller, call_id, runtime.settings)
+    command = to_command(data, caller, call_id, runtime.settings, await task_of(data, caller, runtime))
     key = idempotency_key(request.headers)
     if key is None:
         return Response(classification_out(await runtime.cascade.classify(command)))

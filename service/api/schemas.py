@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -24,14 +24,25 @@ class ClassifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(description="The text to classify. It is treated as data, never as instructions.")
-    labels: list[str] = Field(description="The allowed labels; the answer is always one of them.")
+    labels: list[str] | None = Field(
+        default=None, description="The allowed labels; the answer is always one of them. Or give `task`."
+    )
     instructions: str | None = Field(default=None, description="Optional guidance on how to choose a label.")
+    task: str | None = Field(
+        default=None,
+        max_length=80,
+        description="A named task of the team (`name`, or `name@version`) in place of `labels` and `instructions`.",
+    )
     threshold: Decimal | None = Field(
         default=None,
         ge=0,
         le=1,
         decimal_places=6,
-        description="Confidence below which the cheap answer escalates; defaults to the server's setting.",
+        description="Confidence below which the cheap answer escalates; defaults to the task's, else the server's "
+        "setting, and may raise it but not lower it.",
+    )
+    cache: bool = Field(
+        default=True, description="With a named task: answer from the response cache when the same text was seen."
     )
 
 
@@ -46,8 +57,11 @@ class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[BatchItemIn] = Field(description="The texts, each classified on its own (at most the server's limit).")
-    labels: list[str] = Field(description="The allowed labels, shared by every item.")
+    labels: list[str] | None = Field(default=None, description="The allowed labels, shared by every item; or `task`.")
     instructions: str | None = Field(default=None, description="Optional guidance, shared by every item.")
+    task: str | None = Field(
+        default=None, max_length=80, description="A named task (`name` or `name@version`), shared by every item."
+    )
     threshold: Decimal | None = Field(
         default=None, ge=0, le=1, decimal_places=6, description="Escalation threshold, shared by every item."
     )
@@ -104,6 +118,9 @@ class ClassifyOut(BaseModel):
     attempts: list[AttemptOut]
     cost_usd: MoneyStr
     latency_ms: int
+    cache_hit: bool = Field(
+        default=False, description="Answered from the response cache: no upstream call, no cost (named tasks)."
+    )
 
 
 class RequestAuditOut(BaseModel):
@@ -201,7 +218,7 @@ class JobCountsOut(BaseModel):
 
 class JobSummaryOut(BaseModel):
     id: uuid.UUID
-    status: str = Field(description="queued, running, paused_cost_cap, canceling, canceled or done.")
+    status: str = Field(description="queued, running, paused_cost_cap, paused_upstream, canceling, canceled or done.")
     status_detail: str | None = Field(description="Why the job is paused, when it is.")
     item_count: int
     created_at: datetime
@@ -210,7 +227,7 @@ class JobSummaryOut(BaseModel):
 
 class JobOut(BaseModel):
     id: uuid.UUID
-    status: str = Field(description="queued, running, paused_cost_cap, canceling, canceled or done.")
+    status: str = Field(description="queued, running, paused_cost_cap, paused_upstream, canceling, canceled or done.")
     status_detail: str | None = Field(description="Why the job is paused, when it is.")
     item_count: int
     counts: JobCountsOut
@@ -283,9 +300,11 @@ class AdminSpendOut(BaseModel):
 RateStr = MoneyStr
 
 
-class TaskOut(BaseModel):
+class ReportTaskOut(BaseModel):
     labels: list[str]
     instructions: str | None
+    name: str | None = Field(default=None, description="A named task's name (null for a task given inline)")
+    version: int | None = Field(default=None, description="... and its version")
 
 
 class EscalationBucketOut(BaseModel):
@@ -298,6 +317,7 @@ class EscalationBucketOut(BaseModel):
     refused: int = Field(description="Refused by a cost cap before any call")
     decided: int = Field(description="Requests the cascade decided on: answered or escalated")
     escalated: int
+    cache_hits: int = Field(description="Answered from the response cache (in `answered`, not in `decided`)")
     escalation_rate: RateStr | None = Field(description="escalated / decided, 6 places")
     reasons: dict[str, int]
     cheap_answers: int = Field(description="Cheap-model answers with a valid label and confidence")
@@ -305,7 +325,7 @@ class EscalationBucketOut(BaseModel):
     compared: int = Field(description="Escalated requests where both models gave a valid label")
     changed: int = Field(description="... of which the strong model gave a different label")
     changed_share: RateStr | None
-    task: TaskOut | None = None
+    task: ReportTaskOut | None = None
 
 
 class EscalationReportOut(BaseModel):
@@ -334,7 +354,12 @@ class CostBucketOut(BaseModel):
 
     key: str | None
     requests: int
-    cost_usd: MoneyStr
+    cache_hits: int = Field(description="Requests answered from the response cache, at no cost (in `requests`)")
+    cost_usd: MoneyStr = Field(description="What the requests' answers cost (shadow calibration calls apart)")
+    shadow_cost_usd: MoneyStr = Field(
+        description="What shadow calibration calls of the strong model cost (null per model, where it is in the "
+        "models' own figures)"
+    )
     cost_mean_usd: MoneyStr | None
     cost_p50_usd: MoneyStr | None = Field(description="Nearest-rank percentile of cost per request")
     cost_p95_usd: MoneyStr | None
@@ -344,7 +369,7 @@ class CostBucketOut(BaseModel):
     savings_usd: MoneyStr | None
     savings_pct: RateStr | None
     models: list[ModelCostOut]
-    task: TaskOut | None = None
+    task: ReportTaskOut | None = None
 
 
 class BreakEvenOut(BaseModel):
@@ -395,3 +420,77 @@ class RequestRowOut(BaseModel):
 class RequestPageOut(BaseModel):
     items: list[RequestRowOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+
+
+class ExampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="A text, as it could be sent to classify.")
+    label: str = Field(description="The label it should get (one of the task's labels).")
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] = Field(description="The allowed labels.")
+    instructions: str | None = Field(default=None, description="Optional guidance on how to choose a label.")
+    examples: list[ExampleIn] = Field(default_factory=list, description="Optional few-shot examples.")
+    threshold: Decimal | None = Field(
+        default=None, ge=0, le=1, decimal_places=6, description="Escalation threshold; the server's by default."
+    )
+    cheap_model: str | None = Field(default=None, max_length=64, description="Asked first; the server's by default.")
+    strong_model: str | None = Field(default=None, max_length=64, description="Escalation target; the server's.")
+    shadow_rate: Decimal = Field(
+        default=Decimal(0),
+        ge=0,
+        le=1,
+        decimal_places=6,
+        description="Share of kept (not escalated) answers also asked of the strong model, for calibration.",
+    )
+    prompt_cache: Literal["5m", "1h"] = Field(
+        default="5m", description="How long the API keeps the prompt's prefix cached, when it is long enough."
+    )
+    cache_ttl_s: int | None = Field(
+        default=None,
+        ge=0,
+        le=30 * 86_400,
+        description="How long an answer stays in the exact-match response cache (0: never cached); the "
+        "server's CASCADE_CACHE_TTL_S by default.",
+    )
+
+
+class TaskVersionSummary(BaseModel):
+    version: int
+    created_at: datetime
+
+
+class TaskOut(BaseModel):
+    id: uuid.UUID = Field(description="This version's id.")
+    name: str
+    version: int
+    labels: list[str]
+    instructions: str | None
+    examples: list[ExampleIn]
+    threshold: Confidence
+    cheap_model: str
+    strong_model: str
+    shadow_rate: Confidence
+    prompt_cache: str
+    cache_ttl_s: int
+    created_at: datetime
+    versions: list[TaskVersionSummary] = Field(
+        default_factory=list, description="Every version of the task, the latest first (on GET of a task)."
+    )
+
+
+class TaskSummaryOut(BaseModel):
+    name: str
+    version: int = Field(description="The latest version.")
+    labels: list[str]
+    threshold: Confidence
+    shadow_rate: Confidence
+    created_at: datetime = Field(description="When the latest version was stored.")
+
+
+class TaskListOut(BaseModel):
+    tasks: list[TaskSummaryOut] = Field(description="The team's tasks at their latest versions, by name.")

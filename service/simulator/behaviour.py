@@ -244,6 +244,20 @@ def input_tokens(model: str, prompt_bytes: int) -> int:
     return min(tokens, prompt_bytes + 8)
 
 
+def prefix_tokens(model: str, prefix_bytes: int) -> int:
+    """A cached prefix's tokens, counted as the whole prompt's are (without the per-request framing)."""
+    tokens = math.ceil(prefix_bytes / 4)
+    if factor := TOKENIZER_FACTOR.get(model):
+        tokens = math.ceil(tokens * factor)
+    return tokens
+
+
+# The shortest prefix each model caches; a shorter marked prefix is billed as plain input.
+MIN_CACHE_TOKENS = {"claude-haiku-4-5-20251001": 4096, "claude-haiku-4-5": 4096, "claude-haiku-5-5": 4096}
+DEFAULT_MIN_CACHE_TOKENS = 1024
+CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
+
+
 def output_tokens(text: str) -> int:
     return math.ceil(len(text) / 3) + 1
 

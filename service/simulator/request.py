@@ -28,10 +28,20 @@ class ParsedRequest:
     max_tokens: int  # 0 for count_tokens
     thinking_disabled: bool
     prompt_bytes: int
+    # Prompt caching: the system prompt up to its block marked with cache_control, and the TTL asked for.
+    cache_prefix: str | None = None
+    cache_ttl: str | None = None
 
     @property
     def input_tokens(self) -> int:
         return behaviour.input_tokens(self.model, self.prompt_bytes)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """The marked prefix's share of input_tokens (0 when nothing is marked)."""
+        if self.cache_prefix is None:
+            return 0
+        return min(behaviour.prefix_tokens(self.model, len(self.cache_prefix.encode())), self.input_tokens)
 
 
 def load(raw: bytes) -> dict[str, Any]:
@@ -141,6 +151,7 @@ def parse(payload: dict[str, Any], *, count_only: bool = False) -> ParsedRequest
     text = text_to_classify(payload)
     output_config = payload.get("output_config")
     labels = _schema_labels(output_config)
+    prefix, ttl = _cache_marker(payload.get("system"))
     return ParsedRequest(
         model=model,
         text=text,
@@ -149,4 +160,29 @@ def parse(payload: dict[str, Any], *, count_only: bool = False) -> ParsedRequest
         max_tokens=max_tokens if isinstance(max_tokens, int) else 0,
         thinking_disabled=isinstance(thinking, dict) and thinking.get("type") == "disabled",
         prompt_bytes=prompt_bytes(payload),
+        cache_prefix=prefix,
+        cache_ttl=ttl,
     )
+
+
+def _cache_marker(system: object) -> tuple[str | None, str | None]:
+    """The system blocks up to the last one with `cache_control`, and its TTL (5m unless it says 1h)."""
+    if not isinstance(system, list):
+        return None, None
+    prefix: list[str] = []
+    marked, ttl = None, None
+    for block in system:
+        if not isinstance(block, dict):
+            continue
+        text = block.get("text")
+        prefix.append(text if isinstance(text, str) else "")
+        control = block.get("cache_control")
+        if control is None:
+            continue
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            raise RequestError(400, 'system.cache_control: only {"type": "ephemeral"} is supported')
+        ttl = control.get("ttl", "5m")
+        if ttl not in ("5m", "1h"):
+            raise RequestError(400, "system.cache_control.ttl: must be 5m or 1h")
+        marked = "\n".join(prefix)
+    return marked, ttl if marked is not None else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http
 import json
 import logging
@@ -121,6 +122,7 @@ class Simulator:
         self._rng = random.Random(self.config.seed)
         self._calls: list[CallRecord] = []
         self._directive_uses: dict[tuple[str, str], int] = {}
+        self._prompt_cache: dict[tuple[str, str], float] = {}  # (model, prefix hash) -> expiry (monotonic)
         self._window = _RateWindow()
         self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
         # Settable while running, so that a test can refuse batches and then take them.
@@ -193,6 +195,7 @@ class Simulator:
         """Forget every call and batch, and take the configured batch settings again."""
         self._calls.clear()
         self._directive_uses.clear()
+        self._prompt_cache.clear()
         self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
         self.batch_max_bytes = self.config.batch_max_bytes
 
@@ -454,6 +457,7 @@ class Simulator:
             max_tokens=parsed.max_tokens,
             thinks=thinks,
         )
+        written, read = self._prompt_cache_use(parsed)
         message = {
             "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
             "type": "message",
@@ -464,17 +468,37 @@ class Simulator:
             "stop_sequence": None,
             "stop_details": REFUSAL_DETAILS if plan.refusal else None,
             "usage": {
-                "input_tokens": parsed.input_tokens,
+                "input_tokens": parsed.input_tokens - sum(written.values()) - read,
                 "output_tokens": reply.output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                "cache_creation_input_tokens": sum(written.values()),
+                "cache_read_input_tokens": read,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": written.get("5m", 0),
+                    "ephemeral_1h_input_tokens": written.get("1h", 0),
+                },
                 "service_tier": "standard",
             },
         }
         response = self._ok(message, request_id)
         response.delay = slow + self._latency(reply.output_tokens)
         return response
+
+    def _prompt_cache_use(self, parsed: ParsedRequest) -> tuple[dict[str, int], int]:
+        """Prompt caching as the API does it: a marked prefix at least the model's minimum long is read from the
+        cache when the same model cached the same prefix within its TTL (which the read renews), else written
+        for the TTL asked. Returns (tokens written per TTL, tokens read)."""
+        tokens = parsed.prefix_tokens
+        minimum = behaviour.MIN_CACHE_TOKENS.get(parsed.model, behaviour.DEFAULT_MIN_CACHE_TOKENS)
+        if parsed.cache_prefix is None or parsed.cache_ttl is None or tokens < minimum:
+            return {}, 0
+        key = (parsed.model, hashlib.sha256(parsed.cache_prefix.encode()).hexdigest())
+        now, ttl = time.monotonic(), behaviour.CACHE_TTL_S[parsed.cache_ttl]
+        expires = self._prompt_cache.get(key)
+        if expires is not None and expires > now:
+            self._prompt_cache[key] = max(expires, now + ttl)
+            return {}, tokens
+        self._prompt_cache[key] = now + ttl
+        return {parsed.cache_ttl: tokens}, 0
 
     def _latency(self, output_tokens: int) -> float:
         config = self.config
