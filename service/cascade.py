@@ -36,6 +36,7 @@ from service.upstream import Upstream, UpstreamFailure
 logger = logging.getLogger(__name__)
 
 _SETTLE_TRIES = 3
+STAGES = ("cheap", "strong")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,17 @@ class ClassifyCommand:
     shadow_rate: Decimal = Decimal(0)  # the share of kept answers also asked of the strong model (calibration)
     cache_key: str | None = None  # a named task's response-cache entry for this text (None: not cached)
     cache_ttl_s: int = 0
+    eval_run_id: uuid.UUID | None = None  # an offline evaluation's item (Cascade.pair)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What each model answered for one text (an offline evaluation), and what each call cost."""
+
+    cheap: Verdict
+    cheap_cost: Decimal
+    strong: Verdict
+    strong_cost: Decimal
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,29 @@ class Cascade:
                 self._in_flight.discard(task)
                 if not self._in_flight:
                     self._idle.set()
+
+    async def pair(self, cmd: ClassifyCommand) -> Pair:
+        """Ask both models about the text, whatever the cheap one says (an offline evaluation's item): each call
+        reserved, made and settled like any other, and the request recorded with the strong model's answer.
+        A refused reservation (402) or a rejected request raises, as in `classify`."""
+        run = _Run(
+            cmd,
+            created_at=self.budget.clock(),
+            deadline=Deadline.after(2 * self.settings.request_deadline_s),
+            cheap=self.catalog.model(cmd.cheap_model or self.settings.cheap_model),
+            strong=self.catalog.model(cmd.strong_model or self.settings.strong_model),
+        )
+        try:
+            cheap = await self._stage(run, "cheap", run.cheap)
+            strong = await self._stage(run, "strong", run.strong)
+        except CascadeError as exc:
+            await self._record_failure(run, exc)
+            raise
+        if not isinstance(strong, Answer):
+            detail = strong.detail
+            await self._record_failure(run, UpstreamUnavailable(f"the strong model gave no answer: {detail}"))
+        costs = {stage: sum((a.cost_usd for a in run.attempts if a.stage == stage), Decimal(0)) for stage in STAGES}
+        return Pair(cheap, costs["cheap"], strong, costs["strong"])
 
     async def _cached(self, run: _Run) -> Classification | None:
         """A response-cache hit, recorded as a request of its own (no attempt, no cost); None on a miss."""
@@ -489,6 +524,7 @@ class Cascade:
             "strong_model": run.strong.id,
             "created_at": run.created_at,
             "task_id": cmd.task.version_id,
+            "eval_run_id": cmd.eval_run_id,
         }
 
     async def _record_failure(self, run: _Run, exc: CascadeError) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--batch-processing-s", type=float, default=0.0, help="how long a Message Batch stays in progress")
     sim.add_argument("--batch-expire-rate", type=float, default=0.0, help="share of batch requests that expire")
     sim.add_argument(
+        "--workload",
+        choices=["sentiment", "support_intent", "moderation"],
+        help="print the bundled labelled texts of one label set as JSONL ({text, label}) and exit",
+    )
+    sim.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -114,6 +120,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--team", help="only this team (default: every team)")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    tasks = commands.add_parser("tasks", help="a team's named tasks").add_subparsers(dest="action", required=True)
+    put = tasks.add_parser("put", help="store a task's definition as its next version")
+    put.add_argument("name")
+    put.add_argument("--team", required=True)
+    put.add_argument("--labels", required=True, help="the allowed labels, comma-separated")
+    put.add_argument("--instructions")
+    put.add_argument("--examples", type=Path, help='a JSONL file of few-shot examples, {"text", "label"} per line')
+    put.add_argument("--threshold", type=Decimal)
+    put.add_argument("--shadow-rate", type=Decimal, default=Decimal(0))
+    put.add_argument("--cheap-model")
+    put.add_argument("--strong-model")
+    put.add_argument("--prompt-cache", choices=["5m", "1h"], default="5m")
+    put.add_argument("--cache-ttl-s", type=int)
+    tasks.add_parser("list", help="the team's tasks at their latest versions").add_argument("--team", required=True)
+
+    cal = commands.add_parser("calibration", help="a task version's reliability diagram and recommended threshold")
+    cal.add_argument("task", help="NAME or NAME@VERSION")
+    cal.add_argument("--team", required=True)
+    cal.add_argument("--target", type=Decimal, default=Decimal("0.98"), help="agreement to reach (default 0.98)")
+    cal.add_argument("--since", default="30d", help="30d, 24h, or an ISO date/time (default 30d)")
+    cal.add_argument("--format", choices=["table", "json"], default="table")
+
+    ev = commands.add_parser("eval", help="evaluate a task on labelled texts and sweep its threshold")
+    ev.add_argument("data", nargs="?", type=Path, help='a JSONL file of {"text", "label"} rows')
+    ev.add_argument("--task", required=True, help="NAME or NAME@VERSION")
+    ev.add_argument("--team", required=True)
+    ev.add_argument("--run", type=uuid.UUID, help="sweep a stored run again (no calls) instead of a file")
+    ev.add_argument("--concurrency", type=int, default=8)
+    ev.add_argument("--plot", type=Path, help="where to save the cost-accuracy plot (SVG; default eval-NAME.svg)")
+    ev.add_argument("--live", action="store_true", help="call the real API with ANTHROPIC_API_KEY")
+    ev.add_argument("--format", choices=["table", "json"], default="table")
     return parser
 
 
@@ -137,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
             _worker(settings)
         elif args.command == "jobs":
             asyncio.run(_jobs(args))
+        elif args.command in ("tasks", "calibration", "eval"):
+            from service import task_commands
+
+            asyncio.run(task_commands.run(settings, args))
         else:
             asyncio.run(_manage(settings, args))
     except ConfigurationError as exc:
@@ -293,6 +334,13 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _simulator(args: argparse.Namespace) -> None:
     from service.simulator import SimulatorConfig, serve_forever
+    from service.simulator.corpus import SAMPLES
+
+    if args.workload:
+        for sample in SAMPLES:
+            if sample.task == args.workload:
+                print(json.dumps({"text": sample.text, "label": sample.truth}, ensure_ascii=False))
+        return
 
     rates = {}
     for item in args.fault:

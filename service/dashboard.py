@@ -8,7 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from service.audit import RequestFilter, list_requests
+from service.calibration import Calibration, calibration
 from service.caps import UNCAPPED
+from service.errors import InvalidInput
 from service.keys import Scope
 from service.reports import (
     CostReport,
@@ -40,6 +42,8 @@ class TaskRow:
     task_hash: str
     labels: list[str]
     instructions: str | None
+    name: str | None  # a named task's, with its version
+    version: int | None
     requests: int
     escalation_rate: Decimal | None
     cheap_mean_confidence: Decimal | None
@@ -80,6 +84,8 @@ async def dashboard_view(runtime: Runtime, scope: Scope, days: int, now: datetim
                 task_hash=bucket.key or "",
                 labels=list(bucket.task["labels"]) if bucket.task else [],
                 instructions=bucket.task["instructions"] if bucket.task else None,
+                name=bucket.task.get("name") if bucket.task else None,
+                version=bucket.task.get("version") if bucket.task else None,
                 requests=bucket.requests,
                 escalation_rate=bucket.escalation_rate,
                 cheap_mean_confidence=bucket.cheap_mean_confidence,
@@ -124,3 +130,13 @@ async def _caps(runtime: Runtime, scope: Scope, now: datetime) -> list[CapView]:
         )
         for cap, team in rows
     ]
+
+
+async def task_view(
+    runtime: Runtime, scope: Scope, name: str, version: int | None, target: Decimal, now: datetime
+) -> Calibration:
+    """A named task's calibration over the last 30 days (a team's own task; the admin picks the team)."""
+    if scope.team_id is None:
+        raise InvalidInput("choose a team: tasks belong to a team", field="team")
+    task = await runtime.tasks.get(scope.team_id, name, version)
+    return await calibration(runtime.db, task, day_window(30, now), target)

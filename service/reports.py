@@ -248,7 +248,7 @@ def _escalation_sql(group_by: str, scope: Scope) -> str:
         SELECT {_bucket_sql(group_by, "created_at")} AS b, status, escalated, escalation_reason,
             cheap_confidence, cheap_label, label, cache_hit
         FROM requests
-        WHERE created_at >= :start AND created_at < :end AND status <> 'pending'{scope.sql()}
+        WHERE created_at >= :start AND created_at < :end AND status <> 'pending' AND eval_run_id IS NULL{scope.sql()}
     """
     return _with_totals(columns, "b", inner)
 
@@ -553,7 +553,7 @@ async def confidence_histogram(db: Database, scope: Scope, window: Window, bins:
         SELECT least(width_bucket(cheap_confidence, 0, 1, :bins), :bins) AS bin, escalated, count(*) AS n
         FROM requests
         WHERE created_at >= :start AND created_at < :end AND status <> 'pending'
-            AND cheap_confidence IS NOT NULL{scope.sql()}
+            AND cheap_confidence IS NOT NULL AND eval_run_id IS NULL{scope.sql()}
         GROUP BY 1, 2
         """,
         {"bins": bins, **window.params(), **scope.params()},

@@ -142,6 +142,36 @@ class TaskVersion(Base):
     created_at: Mapped[datetime] = mapped_column(TZDateTime)
 
 
+class EvalRun(Base):
+    """One `cascade eval`: a task version over a file of labelled texts."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
+    source: Mapped[str] = mapped_column(Text)
+    item_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class EvalItem(Base):
+    """One labelled text of an evaluation and what each model answered (and cost); its request has the rest."""
+
+    __tablename__ = "eval_items"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gold: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    cheap_label: Mapped[str | None] = mapped_column(Text)  # None: no usable answer
+    cheap_confidence: Mapped[Decimal | None] = mapped_column(Numeric(9, 6))
+    cheap_cost_usd: Mapped[Decimal] = mapped_column(Money)
+    strong_label: Mapped[str | None] = mapped_column(Text)
+    strong_cost_usd: Mapped[Decimal] = mapped_column(Money)
+
+
 class CachedResponse(Base):
     """An answer of a named task's version, kept for the same normalized text (service.response_cache)."""
 
@@ -206,6 +236,8 @@ class Request(Base):
     # Shadow calibration: the strong model's label for a kept answer, and what asking it cost (not in cost_usd).
     shadow_label: Mapped[str | None] = mapped_column(Text)
     shadow_cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    # An offline evaluation's item (`cascade eval`): both models asked; not a cascade decision.
+    eval_run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("eval_runs.id", ondelete="RESTRICT"))
 
 
 class Attempt(Base):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.harness import ADMIN, ADMIN_KEY, Service
+from tests.test_shadow import settled
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -188,3 +189,30 @@ async def test_a_bad_query_string_on_a_page_is_an_html_page(admin_service: Servi
     response = await admin_service.client.get("/dashboard", params={"days": "0"})
     assert response.status_code == 400 and response.headers["content-type"].startswith("text/html")
     assert "Invalid request" in response.text
+
+
+async def test_a_task_page_draws_its_reliability_diagram(service: Service, browser: Any) -> None:
+    put = await service.client.put(
+        "/v1/tasks/reviews",
+        json={"labels": ["positive", "negative", "neutral"], "shadow_rate": 1, "cache_ttl_s": 0},
+        headers=service.auth,
+    )
+    assert put.status_code == 201, put.text
+    for i, confidence in enumerate([0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 0.99, 0.92]):
+        body = {"text": f"Review {i} {{{{sim:cheap=conf={confidence}}}}}", "task": "reviews"}
+        assert (await service.client.post("/v1/classify", json=body, headers=service.auth)).status_code == 200
+    await settled(service)
+    base = str(service.client.base_url).rstrip("/")
+    page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await sign_in(page, base, service.key)
+    await page.click("a.task-link")
+    await page.wait_for_selector("#chart-reliability")
+    assert await page.inner_text("#task-name") == "reviews@1"
+    assert await page.inner_text("#task-requests") == "8"
+    state = await page.evaluate(CHART_STATE, "chart-reliability")
+    assert state["points"] > 0 and state["painted"] > 0
+    assert "shadow pairs" in await page.inner_text("#task-accuracy")
+    assert await page.locator("#thresholds tbody tr").count() == 2
+    assert errors == []

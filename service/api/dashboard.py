@@ -24,12 +24,14 @@ from litestar.static_files import create_static_files_router
 from service.api.session import COOKIE, Session, SessionSigner
 from service.audit import request_audit
 from service.budget import utcnow
-from service.dashboard import PERIODS, DashboardView, dashboard_view
+from service.calibration import Calibration
+from service.dashboard import PERIODS, DashboardView, dashboard_view, task_view
 from service.errors import CascadeError, Unauthorized
 from service.keys import Scope, admin_scope, authenticate, is_admin_key, team_scope
 from service.runtime import Runtime
 
 WEB = Path(__file__).resolve().parent.parent / "web"
+TARGET = Decimal("0.98")  # the agreement the task page recommends a threshold for
 # Scripts and styles only from this origin: the page data is JSON in a non-executable script element.
 _HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; "
@@ -141,6 +143,39 @@ async def dashboard(
     )
 
 
+def _calibration_chart(report: Calibration) -> dict[str, Any]:
+    def f(value: Decimal | None) -> float | None:
+        return None if value is None else float(value)
+
+    return {
+        "labels": [f"{b.lower:.2f}-{b.upper:.2f}" for b in report.bins],
+        "agreement": [f(b.agreement) for b in report.bins],
+        "confidence": [f(b.mean_confidence) for b in report.bins],
+        "requests": [b.requests for b in report.bins],
+    }
+
+
+@get("/tasks/{name:str}", include_in_schema=False)
+async def task_page(
+    request: Request[Any, Any, Any],
+    name: FromPath[str],
+    runtime: NamedDependency[Runtime],
+    version: Annotated[int | None, QueryParameter(ge=1)] = None,
+    team: Annotated[str | None, QueryParameter()] = None,
+) -> Template | Redirect:
+    try:
+        scope, who = await _reader(request, runtime, team)
+    except Unauthorized:
+        return Redirect("/dashboard")
+    except CascadeError as exc:
+        return _error_page(exc)
+    try:
+        report = await task_view(runtime, scope, name, version, TARGET, utcnow())
+    except CascadeError as exc:
+        return _error_page(exc, who)
+    return _page("task.html.j2", c=report, who=who, team=team, chart=_calibration_chart(report))
+
+
 @get("/requests/{request_id:uuid}", include_in_schema=False)
 async def request_page(
     request: Request[Any, Any, Any], request_id: FromPath[uuid.UUID], runtime: NamedDependency[Runtime]
@@ -221,6 +256,7 @@ dashboard_router = Router(
     route_handlers=[
         dashboard,
         request_page,
+        task_page,
         login,
         logout,
         create_static_files_router(path="/static", directories=[WEB / "static"], include_in_schema=False),

@@ -494,3 +494,53 @@ class TaskSummaryOut(BaseModel):
 
 class TaskListOut(BaseModel):
     tasks: list[TaskSummaryOut] = Field(description="The team's tasks at their latest versions, by name.")
+
+
+class CalibrationBinOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    lower: RateStr
+    upper: RateStr
+    requests: int = Field(description="Decided requests whose cheap confidence is in the bin")
+    escalated_pairs: int = Field(description="... escalated, with the strong model's answer")
+    shadow_pairs: int = Field(description="... kept, and asked of the strong model too (shadow calibration)")
+    mean_confidence: RateStr | None = Field(description="The pairs' mean cheap confidence")
+    agreement: RateStr | None = Field(
+        description="Estimated share of the bin's cheap answers the strong model agrees with"
+    )
+
+
+class CalibrationPointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    threshold: RateStr
+    escalation_rate: RateStr
+    agreement: RateStr | None = Field(description="Projected share of final answers the strong model agrees with")
+    cost_per_1000_usd: MoneyStr
+
+
+class AccuracyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    pairs: int = Field(description="Shadow pairs: kept answers also asked of the strong model")
+    agreement: RateStr | None
+    low: RateStr | None = Field(description="Wilson 95% interval")
+    high: RateStr | None
+
+
+class CalibrationOut(BaseModel):
+    name: str
+    version: int
+    threshold: Confidence = Field(description="The version's threshold")
+    shadow_rate: Confidence
+    start: datetime
+    end: datetime
+    target: RateStr
+    requests: int = Field(description="Decided requests of the version in the window (cache hits apart)")
+    pairs: int
+    bins: list[CalibrationBinOut] = Field(description="The reliability diagram")
+    kept_accuracy: AccuracyOut = Field(description="Estimated accuracy (agreement) of answers that were not escalated")
+    current: CalibrationPointOut | None = Field(description="At the version's threshold")
+    recommended: CalibrationPointOut | None = Field(description="The cheapest threshold that reaches the target")
+    sweep: list[CalibrationPointOut] = Field(description="Every threshold from 0.00 to 1.00")
+    notes: list[str]

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
+from typing import Annotated
+
 from litestar import Response, Router, get, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.errors import documented
-from service.api.schemas import ExampleIn, TaskIn, TaskListOut, TaskOut, TaskSummaryOut, TaskVersionSummary
+from service.api.schemas import (
+    AccuracyOut,
+    CalibrationBinOut,
+    CalibrationOut,
+    CalibrationPointOut,
+    ExampleIn,
+    TaskIn,
+    TaskListOut,
+    TaskOut,
+    TaskSummaryOut,
+    TaskVersionSummary,
+)
+from service.budget import utcnow
+from service.calibration import Calibration, calibration
+from service.errors import InvalidInput
 from service.keys import Caller
 from service.logs import annotate
 from service.prompt import Example
+from service.reports import Window
 from service.runtime import Runtime
 from service.tables import TaskVersion
 from service.tasks import TaskSpec
@@ -91,4 +109,50 @@ async def get_task_version(
     return task_out(await runtime.tasks.get(caller.team_id, name, version))
 
 
-router = Router("/v1/tasks", route_handlers=[put_task, list_tasks, get_task, get_task_version])
+@get(
+    "/{name:str}/calibration",
+    responses=documented(401, 404, 422, 503),
+    summary="A task version's reliability diagram, the accuracy of kept answers, and the threshold for a target",
+)
+async def get_calibration(
+    name: FromPath[str],
+    caller: NamedDependency[Caller],
+    runtime: NamedDependency[Runtime],
+    version: Annotated[int | None, QueryParameter(description="The version; the latest by default")] = None,
+    target: Annotated[str, QueryParameter(description="The agreement with the strong model to reach, 0 to 1")] = "0.98",
+    bins: Annotated[int, QueryParameter(ge=2, le=50, description="Bins of the reliability diagram")] = 10,
+    start: Annotated[str | None, QueryParameter(description="ISO 8601, inclusive; default: end - 30 days")] = None,
+    end: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive; default: now")] = None,
+) -> CalibrationOut:
+    try:
+        goal = Decimal(target)
+    except InvalidOperation:
+        goal = Decimal("NaN")
+    if not (goal.is_finite() and 0 <= goal <= 1):
+        raise InvalidInput("target must be a number between 0 and 1", field="target")
+    task = await runtime.tasks.get(caller.team_id, name, version)
+    window = Window.parse(start, end, utcnow(), default_days=30)
+    return calibration_out(await calibration(runtime.db, task, window, goal, bins))
+
+
+def calibration_out(report: Calibration) -> CalibrationOut:
+    return CalibrationOut(
+        name=report.version.name,
+        version=report.version.version,
+        threshold=float(report.version.threshold),
+        shadow_rate=float(report.version.shadow_rate),
+        start=report.window.start,
+        end=report.window.end,
+        target=report.target,
+        requests=report.requests,
+        pairs=report.pairs,
+        bins=[CalibrationBinOut.model_validate(b) for b in report.bins],
+        kept_accuracy=AccuracyOut.model_validate(report.kept_accuracy),
+        current=CalibrationPointOut.model_validate(report.current) if report.current else None,
+        recommended=CalibrationPointOut.model_validate(report.recommended) if report.recommended else None,
+        sweep=[CalibrationPointOut.model_validate(p) for p in report.sweep],
+        notes=report.notes,
+    )
+
+
+router = Router("/v1/tasks", route_handlers=[put_task, list_tasks, get_task, get_task_version, get_calibration])

@@ -198,6 +198,30 @@ def _corpus_positions(seed: int, family: Family) -> dict[str, float]:
     return {sample.text: (rank + 0.5) / len(ordered) for rank, sample in enumerate(ordered)}
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Where a model's stated confidence falls: right answers are mostly `confident`, a `hesitant_share` of
+    them `hesitant`; wrong answers fall in `wrong` (uniformly, in each range)."""
+
+    confident: tuple[float, float]
+    hesitant: tuple[float, float]
+    hesitant_share: float
+    wrong: tuple[float, float]
+
+
+# Overconfident like a real model: right answers mostly 0.86-0.99 with a hesitant tail (0.60-0.85) that makes
+# the threshold matter; wrong answers spread over 0.45-0.95, so 0.85 catches ~80% of them.
+DEFAULT_CALIBRATION = Calibration((0.86, 0.99), (0.60, 0.85), 0.12, (0.45, 0.95))
+# How well the cheap model's confidence tells right from wrong differs by task (Xiong et al., ICLR 2024), which
+# is why one threshold for every task leaves money or accuracy on the table. On the bundled sentiment texts it
+# is well calibrated (its mistakes are all below 0.73, so a lower threshold keeps its hesitant right answers);
+# on moderation it is overconfident (most mistakes above 0.85, so 0.85 lets them through).
+CALIBRATION = {
+    "sentiment": Calibration((0.86, 0.99), (0.73, 0.85), 0.15, (0.35, 0.72)),
+    "moderation": Calibration((0.86, 0.99), (0.60, 0.85), 0.10, (0.70, 0.97)),
+}
+
+
 def hidden_truth(text: str, labels: Sequence[str]) -> str:
     """The corpus truth, or for an unknown text a stable hash-chosen label (independent of model and seed)."""
     clean = strip_directives(text)
@@ -222,15 +246,16 @@ def classify(seed: int, model: str, text: str, labels: Sequence[str]) -> Answer:
     others = [label for label in labels if label != truth]
     correct = position < ACCURACY[family] or not others
     hesitant, spread = _unit(digest, 1), _unit(digest, 2)
-    # Overconfident like a real model: right answers mostly 0.86-0.99 with a hesitant tail (0.60-0.85)
-    # that makes the threshold matter; wrong answers spread over 0.45-0.95, so 0.85 catches ~80% of them.
+    shape = CALIBRATION.get(sample.task, DEFAULT_CALIBRATION) if sample is not None else DEFAULT_CALIBRATION
+    if family == "strong":
+        shape = DEFAULT_CALIBRATION
     if correct:
-        confidence = 0.60 + 0.25 * spread if hesitant < 0.12 else 0.86 + 0.13 * spread
+        low, high = shape.hesitant if hesitant < shape.hesitant_share else shape.confident
         label = truth
     else:
-        confidence = 0.45 + 0.50 * spread
+        low, high = shape.wrong
         label = others[int(_unit(digest, 3) * len(others))]
-    return Answer(label=label, confidence=round(confidence, 2), truth=truth)
+    return Answer(label=label, confidence=round(low + (high - low) * spread, 2), truth=truth)
 
 
 # --- usage ----------------------------------------------------------------------------------------
