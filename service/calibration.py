@@ -7,15 +7,17 @@ are the same; the strong model stands in for the truth.
 
 The requests are counted per confidence percentile (bucket k holds confidences in [k/100, (k+1)/100), 1.0 in
 bucket 100). In each bucket the disagreements of all its requests are estimated by stratum: the escalated
-ones from the escalated pairs, the kept ones from the shadow pairs of that bucket (or, when it has none, of
-all kept answers). From that, for every threshold k/100:
+ones from that bucket's escalated pairs, the kept ones from its shadow pairs; a stratum without pairs of its own
+takes the rate of all pairs of its kind (all escalated pairs, or all shadow pairs), and is unknown without any.
+From that, for every threshold k/100:
 - escalation rate = (defective cheap answers + requests below it) / requests;
 - agreement with the strong model = 1 - (estimated disagreements of the requests at or above it) / requests
   (an escalated request gets the strong model's answer, so it agrees by definition);
 - cost per 1,000 requests = 1,000 x (mean cheap-stage cost + escalation rate x mean cost of a strong call).
 Both rise with the threshold, so the recommended threshold for a target agreement is the lowest that reaches
-it: the cheapest. The estimated accuracy of kept answers is the shadow pairs' agreement with a Wilson 95%
-interval. Every ratio is rounded half-even to 6 places.
+it: the cheapest. The current point is the version as it ran (its requests escalated or kept as they were, at
+its exact threshold or one a request raised). The estimated accuracy of kept answers is the shadow pairs'
+agreement with a Wilson 95% interval. Every ratio is rounded half-even to 6 places.
 """
 
 from __future__ import annotations
@@ -117,40 +119,67 @@ def wilson(agree: int, n: int) -> tuple[Decimal, Decimal]:
     return _q(Decimal(max(0.0, centre - half))), _q(Decimal(min(1.0, centre + half)))
 
 
-def _kept_rate(buckets: list[Bucket]) -> Decimal | None:
-    pairs = sum(b.shadow_pairs for b in buckets)
+def _pooled(buckets: list[Bucket], *, escalated: bool) -> Decimal | None:
+    """The disagreement rate of all escalated pairs, or of all shadow pairs; None without any."""
+    pairs = sum(b.escalated_pairs if escalated else b.shadow_pairs for b in buckets)
     if not pairs:
         return None
-    return Decimal(pairs - sum(b.shadow_agree for b in buckets)) / pairs
+    agree = sum(b.escalated_agree if escalated else b.shadow_agree for b in buckets)
+    return Decimal(pairs - agree) / pairs
 
 
-def _disagreements(bucket: Bucket, pooled_kept: Decimal | None) -> Decimal | None:
-    """Estimated disagreements among all of the bucket's requests, were they all kept."""
+def _rate(pairs: int, agree: int, pooled: Decimal | None) -> Decimal | None:
+    """A stratum's disagreement rate: its own pairs', else the pooled rate of its kind (None if neither)."""
+    return Decimal(pairs - agree) / pairs if pairs else pooled
+
+
+def _strata(bucket: Bucket, pooled_escalated: Decimal | None, pooled_kept: Decimal | None) -> Strata:
+    return Strata(
+        escalated=bucket.escalated,
+        kept=bucket.requests - bucket.escalated,
+        escalated_rate=_rate(bucket.escalated_pairs, bucket.escalated_agree, pooled_escalated),
+        kept_rate=_rate(bucket.shadow_pairs, bucket.shadow_agree, pooled_kept),
+    )
+
+
+@dataclass(frozen=True)
+class Strata:
+    """A bucket's requests as they went (escalated or kept) and each stratum's estimated disagreement rate."""
+
+    escalated: int
+    kept: int
+    escalated_rate: Decimal | None
+    kept_rate: Decimal | None
+
+    def if_kept(self) -> Decimal | None:
+        """Estimated disagreements of all the bucket's requests, were they all kept."""
+        return _sum((self.escalated, self.escalated_rate), (self.kept, self.kept_rate))
+
+    def as_they_went(self) -> Decimal | None:
+        """Estimated disagreements of the requests that were kept (the escalated ones got the strong answer)."""
+        return _sum((self.kept, self.kept_rate))
+
+
+def _sum(*parts: tuple[int, Decimal | None]) -> Decimal | None:
     total = Decimal(0)
-    if bucket.escalated:
-        if not bucket.escalated_pairs:
-            return None
-        total += Decimal(bucket.escalated) * (bucket.escalated_pairs - bucket.escalated_agree) / bucket.escalated_pairs
-    kept = bucket.requests - bucket.escalated
-    if kept:
-        if bucket.shadow_pairs:
-            total += Decimal(kept) * (bucket.shadow_pairs - bucket.shadow_agree) / bucket.shadow_pairs
-        elif pooled_kept is not None:
-            total += kept * pooled_kept
-        else:
-            return None
+    for count, rate in parts:
+        if count:
+            if rate is None:
+                return None
+            total += count * rate
     return total
 
 
 def compute(version: TaskVersion, window: Window, ledger: Ledger, target: Decimal, bins: int) -> Calibration:
     buckets = ledger.buckets
-    pooled = _kept_rate(buckets)
-    disagree = [_disagreements(b, pooled) for b in buckets]
+    pooled_kept = _pooled(buckets, escalated=False)
+    strata = [_strata(b, _pooled(buckets, escalated=True), pooled_kept) for b in buckets]
+    disagree = [s.if_kept() for s in strata]
     n = ledger.requests
     notes = []
     if not n:
         notes.append("no decided requests of this version in the window")
-    if pooled is None:
+    if pooled_kept is None:
         notes.append("no shadow pairs: set a shadow rate on the task to estimate kept answers' agreement")
     mean_cheap = ledger.cheap_cost / n if n else Decimal(0)
     mean_strong = ledger.strong_cost / ledger.strong_calls if ledger.strong_calls else Decimal(0)
@@ -166,7 +195,6 @@ def compute(version: TaskVersion, window: Window, ledger: Ledger, target: Decima
         cost = (1000 * (mean_cheap + rate * mean_strong)).quantize(MONEY_PLACES, ROUND_HALF_EVEN)
         sweep.append(Point(Decimal(k) / 100, rate, agreement, cost))
 
-    current_k = min(BUCKETS - 1, math.ceil(version.threshold * 100))
     recommended = next((p for p in sweep if p.agreement is not None and p.agreement >= target), None)
     if n and recommended is None:
         notes.append(f"no threshold reaches an agreement of {target} on this data")
@@ -210,11 +238,23 @@ def compute(version: TaskVersion, window: Window, ledger: Ledger, target: Decima
         pairs=sum(b.escalated_pairs + b.shadow_pairs for b in buckets),
         bins=out_bins,
         kept_accuracy=accuracy,
-        current=sweep[current_k] if n else None,
+        current=_current(version, ledger, strata, mean_cheap, mean_strong) if n else None,
         recommended=recommended,
         sweep=sweep,
         notes=notes,
     )
+
+
+def _current(
+    version: TaskVersion, ledger: Ledger, strata: list[Strata], mean_cheap: Decimal, mean_strong: Decimal
+) -> Point:
+    """The version as it ran: its requests escalated or kept as they were (some may have raised the threshold)."""
+    n = ledger.requests
+    rate = _q(Decimal(ledger.defects + sum(s.escalated for s in strata)) / n)
+    kept = [s.as_they_went() for s in strata]
+    agreement = None if any(d is None for d in kept) else _q(1 - sum((d or Decimal(0) for d in kept), Decimal(0)) / n)
+    cost = (1000 * (mean_cheap + rate * mean_strong)).quantize(MONEY_PLACES, ROUND_HALF_EVEN)
+    return Point(version.threshold, rate, agreement, cost)
 
 
 # The version's decided requests in the window: answered, or escalated (a failed strong stage included); a cache

@@ -63,6 +63,7 @@ class Pair:
     cheap_cost: Decimal
     strong: Verdict
     strong_cost: Decimal
+    refused: bool = False  # a cap refused the strong call
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Cascade:
         self._rng = random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
         self._shadow_slots = asyncio.Semaphore(settings.shadow_concurrency)
+        self._closing = False
         self.upstream = upstream
         self.settings = settings
         self.metrics = metrics
@@ -189,7 +191,10 @@ class Cascade:
     async def pair(self, cmd: ClassifyCommand) -> Pair:
         """Ask both models about the text, whatever the cheap one says (an offline evaluation's item): each call
         reserved, made and settled like any other, and the request recorded with the strong model's answer.
-        A refused reservation (402) or a rejected request raises, as in `classify`."""
+
+        A model that gives no answer (unavailable, rejected, out of time) is an Unavailable verdict, so a paid
+        cheap answer is never lost. A cap that refuses the cheap call raises CostCapExceeded (nothing was spent);
+        one that refuses the strong call gives `refused` (the evaluation stops there)."""
         run = _Run(
             cmd,
             created_at=self.budget.clock(),
@@ -197,17 +202,27 @@ class Cascade:
             cheap=self.catalog.model(cmd.cheap_model or self.settings.cheap_model),
             strong=self.catalog.model(cmd.strong_model or self.settings.strong_model),
         )
-        try:
-            cheap = await self._stage(run, "cheap", run.cheap)
-            strong = await self._stage(run, "strong", run.strong)
-        except CascadeError as exc:
-            await self._record_failure(run, exc)
-            raise
+        verdicts: dict[str, Verdict] = {}
+        refused: CostCapExceeded | None = None
+        for stage, model in (("cheap", run.cheap), ("strong", run.strong)):
+            try:
+                verdicts[stage] = await self._stage(run, stage, model)
+            except CostCapExceeded as exc:
+                if stage == "cheap":
+                    await self._record_failure(run, exc)
+                    raise
+                refused, verdicts[stage] = exc, Unavailable(exc.message)
+            except DatabaseUnavailable:
+                raise
+            except CascadeError as exc:
+                verdicts[stage] = Unavailable(exc.message)
+        strong = verdicts["strong"]
         if not isinstance(strong, Answer):
             detail = strong.detail
-            await self._record_failure(run, UpstreamUnavailable(f"the strong model gave no answer: {detail}"))
+            failure = refused or UpstreamUnavailable(f"the strong model gave no answer: {detail}")
+            await self._record_failure(run, failure)
         costs = {stage: sum((a.cost_usd for a in run.attempts if a.stage == stage), Decimal(0)) for stage in STAGES}
-        return Pair(cheap, costs["cheap"], strong, costs["strong"])
+        return Pair(verdicts["cheap"], costs["cheap"], strong, costs["strong"], refused is not None)
 
     async def _cached(self, run: _Run) -> Classification | None:
         """A response-cache hit, recorded as a request of its own (no attempt, no cost); None on a miss."""
@@ -252,7 +267,7 @@ class Cascade:
         """With the task's shadow rate, ask the strong model about a kept answer too, off the request path: the
         response is not held for it, and it is reserved on the caps like any other call (and refused like one)."""
         rate = run.cmd.shadow_rate
-        if result.escalated or result.cache_hit or rate <= 0 or self._rng.random() >= rate:
+        if result.escalated or result.cache_hit or rate <= 0 or self._closing or self._rng.random() >= rate:
             return
         if self._shadow_slots.locked():
             self.metrics.shadow("skipped")  # too many at once: calibration can wait, requests cannot
@@ -298,12 +313,14 @@ class Cascade:
         end = loop.time() + timeout_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        if self._shadows:
+        self._closing = True  # no new shadow call from here on, even from a request still finishing
+        while self._shadows:
             _, pending = await asyncio.wait(list(self._shadows), timeout=max(0.0, end - loop.time()))
-            for task in pending:
-                task.cancel()
             if pending:
+                for task in pending:
+                    task.cancel()
                 await asyncio.wait(pending, timeout=5)
+                break
         return len(self._in_flight)
 
     async def _classify(self, run: _Run) -> Classification:

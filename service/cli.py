@@ -147,11 +147,23 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True, help="NAME or NAME@VERSION")
     ev.add_argument("--team", required=True)
     ev.add_argument("--run", type=uuid.UUID, help="sweep a stored run again (no calls) instead of a file")
-    ev.add_argument("--concurrency", type=int, default=8)
+    ev.add_argument("--concurrency", type=_positive, default=8, help="items asked at once (default 8)")
     ev.add_argument("--plot", type=Path, help="where to save the cost-accuracy plot (SVG; default eval-NAME.svg)")
     ev.add_argument("--live", action="store_true", help="call the real API with ANTHROPIC_API_KEY")
+    ev.add_argument(
+        "--simulate",
+        action="store_true",
+        help="answer with the bundled simulator even with DATABASE_URL set (its costs go to that database's caps)",
+    )
     ev.add_argument("--format", choices=["table", "json"], default="table")
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def main(argv: list[str] | None = None) -> None:

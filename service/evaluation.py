@@ -28,8 +28,8 @@ from service.budget import utcnow
 from service.caps import TeamCaps
 from service.cascade import Cascade, ClassifyCommand
 from service.database import Database
-from service.errors import InvalidInput
-from service.policy import Answer
+from service.errors import CostCapExceeded, InvalidInput
+from service.policy import Answer, Unavailable
 from service.prompt import text_problem
 from service.settings import Settings
 from service.tables import EvalItem, EvalRun, TaskVersion
@@ -97,9 +97,13 @@ async def run(
     items: list[Labelled],
     source: str,
     concurrency: int,
+    simulated: bool,
     progress: Callable[[int], None] = lambda done: None,
 ) -> uuid.UUID:
-    """Ask both models about every item and store their answers; returns the run's id."""
+    """Ask both models about every item and store their answers; returns the run's id.
+
+    Every paid call has its item stored. When a cap refuses a call, no further item is started, the items in
+    progress finish, and the run ends `stopped` with the cap's message (its sweep covers the items it has)."""
     run_id = uuid.uuid4()
     async with db.transaction() as session:
         session.add(
@@ -109,15 +113,20 @@ async def run(
                 task_id=version.id,
                 source=source[:500],
                 item_count=len(items),
+                status="running",
+                simulated=simulated,
                 created_at=utcnow(),
             )
         )
     slots = asyncio.Semaphore(concurrency)
     done = 0
+    stopped: list[str] = []
 
     async def one(seq: int, item: Labelled) -> None:
         nonlocal done
         async with slots:
+            if stopped:
+                return
             command = ClassifyCommand(
                 request_id=uuid.uuid4(),
                 team_id=version.team_id,
@@ -129,7 +138,13 @@ async def run(
                 strong_model=version.strong_model,
                 eval_run_id=run_id,
             )
-            pair = await cascade.pair(command)
+            try:
+                pair = await cascade.pair(command)
+            except CostCapExceeded as refused:
+                stopped.append(refused.message)  # nothing was spent on this item
+                return
+            if pair.refused and isinstance(pair.strong, Unavailable):
+                stopped.append(pair.strong.detail)
             cheap = pair.cheap if isinstance(pair.cheap, Answer) else None
             strong = pair.strong if isinstance(pair.strong, Answer) else None
             async with db.transaction() as session:
@@ -150,9 +165,19 @@ async def run(
         progress(done)
 
     await asyncio.gather(*(one(seq, item) for seq, item in enumerate(items)))
+    status = {"status": "stopped", "status_detail": stopped[0][:2000]} if stopped else {"status": "done"}
     async with db.transaction() as session:
-        await session.execute(update(EvalRun).where(EvalRun.id == run_id).values(finished_at=utcnow()))
+        await session.execute(update(EvalRun).where(EvalRun.id == run_id).values(finished_at=utcnow(), **status))
     return run_id
+
+
+async def stored_run(db: Database, run_id: uuid.UUID, version: TaskVersion) -> EvalRun:
+    """The run, if it evaluated this task's version (of this team)."""
+    async with db.transaction() as session:
+        found = await session.scalar(select(EvalRun).where(EvalRun.id == run_id, EvalRun.team_id == version.team_id))
+    if found is None or found.task_id != version.id:
+        raise InvalidInput(f"no evaluation run {run_id} of task {version.name}@{version.version}", field="run")
+    return found
 
 
 async def stored(db: Database, run_id: uuid.UUID) -> list[EvalItem]:

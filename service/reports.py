@@ -171,6 +171,7 @@ class CostBucket:
     cache_hits: int = 0
     cost_usd: Decimal = Decimal(0)
     shadow_cost_usd: Decimal = Decimal(0)
+    eval_cost_usd: Decimal = Decimal(0)
     cost_mean_usd: Decimal | None = None
     cost_p50_usd: Decimal | None = None
     cost_p95_usd: Decimal | None = None
@@ -423,15 +424,19 @@ def _request_cost_sql(group_by: str | None, scope: Scope) -> str:
     grouping = "" if group_by is None else "GROUP BY GROUPING SETS ((b), ())"
     is_total = "true" if group_by is None else "grouping(b) = 1"
     return f"""
-        SELECT {"NULL" if group_by is None else "b"} AS b, {is_total} AS is_total, count(*) AS requests,
-            sum(cost_usd) AS cost_usd, sum(all_strong_cost_usd) AS all_strong_cost_usd,
-            percentile_disc(0.5) WITHIN GROUP (ORDER BY cost_usd) AS p50,
-            percentile_disc(0.95) WITHIN GROUP (ORDER BY cost_usd) AS p95,
-            count(*) FILTER (WHERE escalated) AS escalated,
-            count(*) FILTER (WHERE escalated OR (status = 'ok' AND NOT cache_hit)) AS decided,
-            count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(shadow_cost_usd) AS shadow_cost_usd
+        SELECT {"NULL" if group_by is None else "b"} AS b, {is_total} AS is_total,
+            count(*) FILTER (WHERE NOT is_eval) AS requests,
+            coalesce(sum(cost_usd) FILTER (WHERE NOT is_eval), 0) AS cost_usd,
+            coalesce(sum(all_strong_cost_usd) FILTER (WHERE NOT is_eval), 0) AS all_strong_cost_usd,
+            percentile_disc(0.5) WITHIN GROUP (ORDER BY cost_usd) FILTER (WHERE NOT is_eval) AS p50,
+            percentile_disc(0.95) WITHIN GROUP (ORDER BY cost_usd) FILTER (WHERE NOT is_eval) AS p95,
+            count(*) FILTER (WHERE escalated AND NOT is_eval) AS escalated,
+            count(*) FILTER (WHERE (escalated OR (status = 'ok' AND NOT cache_hit)) AND NOT is_eval) AS decided,
+            count(*) FILTER (WHERE cache_hit) AS cache_hits, sum(shadow_cost_usd) AS shadow_cost_usd,
+            coalesce(sum(cost_usd) FILTER (WHERE is_eval), 0) AS eval_cost_usd
         FROM (
-            SELECT {bucket} AS b, cost_usd, all_strong_cost_usd, escalated, status, cache_hit, shadow_cost_usd
+            SELECT {bucket} AS b, cost_usd, all_strong_cost_usd, escalated, status, cache_hit, shadow_cost_usd,
+                eval_run_id IS NOT NULL AS is_eval
             FROM requests WHERE created_at >= :start AND created_at < :end{scope.sql()}
         ) r
         {grouping}
@@ -470,7 +475,7 @@ def _model_request_sql(scope: Scope) -> str:
 
 def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBucket:
     if row is None or not row.requests:  # the grand total of an empty window is a row of NULL sums
-        empty = CostBucket(key)
+        empty = CostBucket(key, eval_cost_usd=getattr(row, "eval_cost_usd", None) or Decimal(0))
         if counterfactual:
             empty.all_strong_cost_usd = empty.savings_usd = Decimal(0)
         return empty
@@ -479,6 +484,7 @@ def _cost_bucket(key: str | None, row: Any, *, counterfactual: bool) -> CostBuck
         requests=row.requests,
         cache_hits=getattr(row, "cache_hits", 0),
         shadow_cost_usd=getattr(row, "shadow_cost_usd", None) or Decimal(0),
+        eval_cost_usd=getattr(row, "eval_cost_usd", None) or Decimal(0),
         cost_usd=row.cost_usd,
         cost_mean_usd=ratio(row.cost_usd, row.requests, MONEY_PLACES),
         cost_p50_usd=row.p50,

@@ -146,12 +146,16 @@ class EvalRun(Base):
     """One `cascade eval`: a task version over a file of labelled texts."""
 
     __tablename__ = "eval_runs"
+    __table_args__ = (CheckConstraint("status IN ('running', 'done', 'stopped')", name="status_known"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     source: Mapped[str] = mapped_column(Text)
     item_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # running, done, or stopped (a cap refused a call)
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    simulated: Mapped[bool] = mapped_column(Boolean)  # answered by the bundled simulator, not the API
     created_at: Mapped[datetime] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 

@@ -166,11 +166,19 @@ async def _evaluate(
 ) -> None:
     name, version_no = parse_ref(args.task)
     version = await tasks.get(team.id, name, version_no)
+    if args.run is None:
+        tasks.check_models(version)
     if args.run is not None:
-        result = evaluation.sweep(args.run, await evaluation.stored(db, args.run))
+        run_id = args.run
     else:
         if args.data is None:
             raise SystemExit("cascade eval: give a data file, or --run ID to sweep a stored run")
+        if not args.live and settings.database_url and not args.simulate:
+            raise SystemExit(
+                "cascade eval: without --live the answers come from the bundled simulator, and their simulated "
+                "costs would be charged to the caps and ledger of DATABASE_URL. Pass --live to ask the real API, "
+                "--simulate to accept that, or unset DATABASE_URL to use the embedded database."
+            )
         items = evaluation.load_file(args.data, version.labels, settings)
         async with _upstream(settings, args.live, console) as upstream_settings:
             runtime = Runtime.build(upstream_settings, db.url)
@@ -188,11 +196,21 @@ async def _evaluate(
                         items,
                         str(args.data),
                         args.concurrency,
+                        not args.live,
                         lambda done: bar.update(job, completed=done),
                     )
             finally:
                 await runtime.aclose()
-        result = evaluation.sweep(run_id, await evaluation.stored(db, run_id))
+    found = await evaluation.stored_run(db, run_id, version)
+    if found.status != "done":
+        console.print(
+            f"run {run_id} is {found.status}"
+            + (f" ({escape(found.status_detail)})" if found.status_detail else "")
+            + ": the sweep covers only the items it answered",
+            style="yellow",
+            highlight=False,
+        )
+    result = evaluation.sweep(run_id, await evaluation.stored(db, run_id))
     plot = args.plot or Path(f"eval-{version.name}.svg")
     plot.write_text(render(result, f"{version.name}@{version.version}: cost against accuracy"), encoding="utf-8")
     if args.format == "json":

@@ -27,6 +27,7 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _REF = re.compile(r"(?P<name>[^@]+)(?:@v?(?P<version>\d{1,9}))?")
 _PUT_TRIES = 3
 MAX_CACHE_TTL_S = 30 * 86_400
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class Tasks:
 
     async def versions(self, team_id: uuid.UUID, name: str) -> list[TaskVersion]:
         """Every version of a task, the latest first; NotFound (404) when the team has no such task."""
+        if NAME.fullmatch(name) is None:
+            raise NotFound(f"no task {name[:80]!r}")
         async with self.db.transaction() as session:
             rows = await session.scalars(
                 select(TaskVersion)
@@ -207,6 +210,8 @@ class Tasks:
         return found
 
     async def get(self, team_id: uuid.UUID, name: str, version: int | None = None) -> TaskVersion:
+        if NAME.fullmatch(name) is None or (version is not None and not 1 <= version <= MAX_VERSION):
+            raise NotFound(f"no task {name[:80]!r}" + ("" if version is None else f" at version {version}"))
         async with self.db.transaction() as session:
             query = (
                 _latest(team_id, name)
@@ -221,9 +226,21 @@ class Tasks:
         return found
 
     async def resolve(self, team_id: uuid.UUID, ref: str) -> TaskVersion:
-        """A request's `task`: `name` or `name@version`, the team's own only (another team's is not found)."""
+        """A request's `task`: `name` or `name@version`, the team's own only (another team's is not found), and
+        still servable (a model it names may have retired since it was stored)."""
         name, version = parse_ref(ref)
-        return await self.get(team_id, name, version)
+        found = await self.get(team_id, name, version)
+        self.check_models(found)
+        return found
+
+    def check_models(self, version: TaskVersion) -> None:
+        for model in (version.cheap_model, version.strong_model):
+            try:
+                self.catalog.check_servable(model, utcnow().date())
+            except ConfigurationError as exc:
+                raise InvalidInput(
+                    f"task {version.name}@{version.version} cannot be run: {exc}; store a new version", field="task"
+                ) from None
 
     async def by_ids(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskVersion]:
         if not ids:

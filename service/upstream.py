@@ -111,7 +111,7 @@ def _count(fields: dict[str, Any], name: str, *, required: bool = False, where: 
     return value
 
 
-def read_message(body: object) -> tuple[str | None, str | None, TokenUsage]:
+def read_message(body: object, cache_ttl: str | None = None) -> tuple[str | None, str | None, TokenUsage]:
     """The text, stop reason and usage of a Messages API body, read straight from its JSON.
 
     The SDK's typed `Message` costs a model construction per call on the hot path and checks nothing; this reads
@@ -136,7 +136,8 @@ def read_message(body: object) -> tuple[str | None, str | None, TokenUsage]:
     written = _count(usage, "cache_creation_input_tokens")
     split = usage.get("cache_creation")
     if split is None:
-        cw5m, cw1h = written, 0  # no split: the 5-minute writes the API defaults to
+        # No split: the writes are of the duration the request marked (5 minutes, the API's default, otherwise).
+        cw5m, cw1h = (0, written) if cache_ttl == "1h" else (written, 0)
     elif isinstance(split, dict):
         cw5m = _count(split, "ephemeral_5m_input_tokens", required=True, where="usage.cache_creation")
         cw1h = _count(split, "ephemeral_1h_input_tokens", required=True, where="usage.cache_creation")
@@ -175,7 +176,7 @@ class Upstream:
                 raw = await self._client.messages.with_raw_response.create(
                     **body, timeout=httpx2.Timeout(timeout_s, connect=min(timeout_s, 5.0))
                 )
-                text, stop_reason, usage = read_message(raw.http_response.json())
+                text, stop_reason, usage = read_message(raw.http_response.json(), request.cache_ttl)
         except _READ_ERRORS as exc:
             raise _failure(exc, timeout_s, started) from exc
         return UpstreamReply(

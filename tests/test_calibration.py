@@ -65,15 +65,18 @@ def expected(requests: list[Request], attempts: list[Attempt], threshold: Decima
         return (r.label if r.escalated else r.shadow_label) == r.cheap_label
 
     shadow = [r for r in valid if shadow_pair(r)]
-    pooled = Decimal(sum(1 for r in shadow if not agrees(r))) / len(shadow) if shadow else None
+
+    def rate_of(pairs: list[Request]) -> Decimal | None:
+        return Decimal(sum(1 for p in pairs if not agrees(p))) / len(pairs) if pairs else None
+
+    pooled = {True: rate_of([r for r in valid if escalated_pair(r)]), False: rate_of(shadow)}
 
     def disagreement(r: Request) -> Decimal | None:
-        """This request's expected disagreement were it kept: the rate of its own stratum in its percentile."""
+        """This request's expected disagreement were it kept: the rate of its own stratum in its percentile, else of
+        all pairs of its kind."""
         peers = [p for p in valid if pct(p) == pct(r) and p.escalated == r.escalated]
-        pairs = [p for p in peers if (escalated_pair(p) if r.escalated else shadow_pair(p))]
-        if pairs:
-            return Decimal(sum(1 for p in pairs if not agrees(p))) / len(pairs)
-        return None if r.escalated else pooled
+        own = rate_of([p for p in peers if (escalated_pair(p) if r.escalated else shadow_pair(p))])
+        return own if own is not None else pooled[r.escalated]
 
     per_request = {r.id: disagreement(r) for r in valid}
     cheap_cost = sum(a.cost_usd for a in attempts if a.stage == "cheap" and a.request_id in {r.id for r in decided})
@@ -93,6 +96,15 @@ def expected(requests: list[Request], attempts: list[Attempt], threshold: Decima
         cost = money(1000 * (mean_cheap + rate * mean_strong))
         sweep.append({"threshold": q(t), "escalation_rate": q(rate), "agreement": agreement, "cost_per_1000_usd": cost})
     recommended = next((p for p in sweep if p["agreement"] is not None and Decimal(p["agreement"]) >= target), None)
+    # As it ran: the escalated requests got the strong answer, the kept ones are estimated.
+    current_rate = (Decimal(defects + sum(1 for r in valid if r.escalated)) / n).quantize(Q, ROUND_HALF_EVEN)
+    kept_now = [per_request[r.id] for r in valid if not r.escalated]
+    current = {
+        "threshold": q(threshold),
+        "escalation_rate": q(current_rate),
+        "agreement": None if any(d is None for d in kept_now) else q(1 - sum(kept_now, Decimal(0)) / n),
+        "cost_per_1000_usd": money(1000 * (mean_cheap + current_rate * mean_strong)),
+    }
 
     bins = []
     for i in range(10):
@@ -118,7 +130,7 @@ def expected(requests: list[Request], attempts: list[Attempt], threshold: Decima
     return {
         "requests": n,
         "sweep": sweep,
-        "current": sweep[math.ceil(threshold * 100)],
+        "current": current,
         "recommended": recommended,
         "bins": bins,
         "kept": {
@@ -135,6 +147,10 @@ async def test_every_figure_of_the_calibration_report_is_recomputed_from_the_led
     for text in workload(random.Random(7)):
         response = await classify_task(service, text, "reviews")
         assert response.status_code in (200, 502), response.text
+    # A request that raised the threshold and whose strong call failed: an escalated percentile without a pair
+    # of its own (it takes the rate of all escalated pairs).
+    raised = "Raised. {{sim:cheap=label=positive+conf=0.97;strong=400}}"
+    assert (await classify_task(service, raised, "reviews", threshold=0.99)).status_code == 502
     await settled(service)
     report = await service.client.get("/v1/tasks/reviews/calibration?target=0.9", headers=service.auth)
     assert report.status_code == 200, report.text
@@ -143,7 +159,7 @@ async def test_every_figure_of_the_calibration_report_is_recomputed_from_the_led
         requests = list((await session.scalars(select(Request))).all())
         attempts = list((await session.scalars(select(Attempt))).all())
     want = expected(requests, attempts, Decimal("0.85"), Decimal("0.9"))
-    assert body["requests"] == want["requests"] == 124
+    assert body["requests"] == want["requests"] == 125
     assert body["sweep"] == want["sweep"]
     assert body["current"] == want["current"] and body["current"]["threshold"] == "0.85"
     assert body["recommended"] == want["recommended"] and want["recommended"] is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from service.database import Database
 from service.settings import Settings
 from service.simulator.corpus import SAMPLES
-from service.tables import Attempt, EvalItem, Request
+from service.tables import Attempt, EvalItem, EvalRun, Request
 from service.tasks import Tasks, TaskSpec
 from tests.harness import SENTIMENT, assert_ledger_invariants
 from tests.test_cli import clean_env, run
@@ -35,8 +36,9 @@ async def make_task(db: Database, settings: Settings, team: str, name: str, labe
     await Tasks(db, settings, Catalog()).put(await team_id_of(db, team), name, spec)
 
 
-async def evaluate(database_url: str, *args: str) -> tuple[int, str, str]:
-    return await run("eval", *args, env=clean_env(DATABASE_URL=database_url, COLUMNS="200"))
+async def evaluate(database_url: str, *args: str, simulate: bool = True) -> tuple[int, str, str]:
+    flags = ("--simulate",) if simulate else ()
+    return await run("eval", *args, *flags, env=clean_env(DATABASE_URL=database_url, COLUMNS="200"))
 
 
 def sentiment_file(path: Path) -> Path:
@@ -147,3 +149,44 @@ async def test_a_bad_file_is_refused_naming_its_line(
     assert code == 1 and "no task 'missing'" in out + err
     async with db.transaction() as session:
         assert (await session.scalars(select(Attempt))).all() == [], "nothing was asked"
+
+
+async def test_a_simulated_evaluation_is_refused_on_a_configured_database_unless_asked_for(
+    database_url: str, db: Database, make_settings: Any, tmp_path: Path
+) -> None:
+    await make_task(db, make_settings(), "evals", "sentiment", SENTIMENT)
+    data = sentiment_file(tmp_path / "sentiment.jsonl")
+    code, _, err = await evaluate(database_url, str(data), "--task", "sentiment", "--team", "evals", simulate=False)
+    assert code != 0 and "--simulate" in err and "caps and ledger" in err
+    async with db.transaction() as session:
+        assert (await session.scalars(select(Attempt))).all() == []
+
+
+async def test_a_cap_stops_an_evaluation_and_every_paid_item_is_stored(
+    database_url: str, db: Database, make_settings: Any, tmp_path: Path
+) -> None:
+    from service.teams import Teams
+
+    settings = make_settings()
+    await make_task(db, settings, "evals", "sentiment", SENTIMENT)
+    await make_task(db, settings, "evals", "other", SENTIMENT)
+    await Teams(db).set_caps("evals", Decimal("0.01"), None, datetime.now(UTC).date())
+    data = sentiment_file(tmp_path / "sentiment.jsonl")
+    code, out, err = await evaluate(
+        database_url, str(data), "--task", "sentiment", "--team", "evals", "--concurrency", "4", "--format", "json"
+    )
+    assert code == 0, err + out
+    assert "stopped" in out and "team daily cost cap" in out
+    body = output_json(out)
+    async with db.transaction() as session:
+        items = list((await session.scalars(select(EvalItem))).all())
+        requests = list((await session.scalars(select(Request))).all())
+        run_row = (await session.scalars(select(EvalRun))).one()
+    assert 0 < body["items"] == len(items) < sum(1 for s in SAMPLES if s.task == "sentiment")
+    paid = {r.id for r in requests if r.cost_usd > 0}
+    assert paid <= {i.request_id for i in items}, "every request that cost money has its item"
+    assert run_row.status == "stopped" and run_row.simulated
+    await assert_ledger_invariants(db)
+    # A run is swept only for the task it evaluated.
+    code, out, err = await evaluate(database_url, "--run", str(run_row.id), "--task", "other", "--team", "evals")
+    assert code == 1 and "no evaluation run" in out + err

@@ -153,3 +153,46 @@ async def test_reports_group_by_task_name_and_version(service: Service) -> None:
         ("sentiment", 1),
         ("sentiment", 2),
     ]
+
+
+async def test_unknown_names_and_out_of_range_versions_are_not_found(service: Service) -> None:
+    await put_task(service, "sentiment")
+    for path in (
+        "/v1/tasks/sentiment/versions/99999999999",
+        "/v1/tasks/sentiment/calibration?version=99999999999",
+        "/v1/tasks/a%00b",
+        "/v1/tasks/a%00b/calibration",
+        "/v1/tasks/sentiment/versions/0",
+    ):
+        assert_error(await service.client.get(path, headers=service.auth), 404, "not_found")
+
+
+async def test_a_version_whose_model_has_retired_is_refused_before_any_call(service: Service) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from service.tables import TaskVersion
+
+    async with service.db.transaction() as session:
+        session.add(
+            TaskVersion(
+                id=uuid.uuid4(),
+                team_id=service.team_id,
+                name="old",
+                version=1,
+                labels=SENTIMENT,
+                instructions=None,
+                examples=[],
+                threshold=Decimal("0.85"),
+                cheap_model=service.settings.cheap_model,
+                strong_model="claude-sonnet-4-5-20250929",  # stored before it retired on 2026-11-30
+                shadow_rate=Decimal(0),
+                prompt_cache="5m",
+                cache_ttl_s=0,
+                created_at=datetime(2026, 11, 1, tzinfo=UTC),
+            )
+        )
+    response = await classify_task(service, "Fine.", "old")
+    body = assert_error(response, 422, "invalid_request")
+    assert "old@1" in body["error"]["message"] and "retired" in body["error"]["message"]
+    assert await service.attempts() == []

@@ -26,8 +26,12 @@ def upgrade() -> None:
         sa.Column("task_id", sa.UUID(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("item_count", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status_detail", sa.Text(), nullable=True),
+        sa.Column("simulated", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("status IN ('running', 'done', 'stopped')", name=op.f("ck_eval_runs_status_known")),
         sa.ForeignKeyConstraint(
             ["team_id"], ["teams.id"], name=op.f("fk_eval_runs_team_id_teams"), ondelete="RESTRICT"
         ),
@@ -59,6 +63,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Evaluation requests would rejoin the escalation reports as cascade decisions: refuse while there are any.
+    runs = op.get_bind().execute(sa.text("SELECT count(*) FROM eval_runs")).scalar()
+    if runs:
+        raise RuntimeError(f"{runs} evaluation runs are recorded; 0008 cannot tell their requests apart")
     op.drop_constraint(op.f("fk_requests_eval_run_id_eval_runs"), "requests", type_="foreignkey")
     op.drop_column("requests", "eval_run_id")
     op.drop_table("eval_items")

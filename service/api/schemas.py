@@ -357,8 +357,12 @@ class CostBucketOut(BaseModel):
     cache_hits: int = Field(description="Requests answered from the response cache, at no cost (in `requests`)")
     cost_usd: MoneyStr = Field(description="What the requests' answers cost (shadow calibration calls apart)")
     shadow_cost_usd: MoneyStr = Field(
-        description="What shadow calibration calls of the strong model cost (null per model, where it is in the "
-        "models' own figures)"
+        description="What shadow calibration calls of the strong model cost (0 in model buckets, whose figures "
+        "include them)"
+    )
+    eval_cost_usd: MoneyStr = Field(
+        description="What offline evaluations (`cascade eval`) cost; they are not counted in `requests`, `cost_usd` "
+        "or the savings (0 in model buckets, whose figures include them)"
     )
     cost_mean_usd: MoneyStr | None
     cost_p50_usd: MoneyStr | None = Field(description="Nearest-rank percentile of cost per request")
