@@ -57,6 +57,8 @@ MICRO = timedelta(microseconds=1)
 ESCALATION_RATIOS = ("escalation_rate", "cheap_mean_confidence", "changed_share")
 COST_DECIMALS = (
     "cost_usd",
+    "shadow_cost_usd",
+    "eval_cost_usd",
     "cost_mean_usd",
     "cost_p50_usd",
     "cost_p95_usd",
@@ -446,14 +448,15 @@ def request_key(group_by: str, row: Row, created: str = "created_at") -> Any:
 
 def task_of(requests: list[Row], task_hash: str) -> dict[str, Any]:
     row = next(r for r in requests if r["task_hash"] == task_hash)
-    return {"labels": row["labels"], "instructions": row["instructions"]}
+    assert row["task_id"] is None, "this workload's tasks are given inline (tests/test_tasks.py covers named ones)"
+    return {"labels": row["labels"], "instructions": row["instructions"], "name": None, "version": None}
 
 
 # --- expected reports --------------------------------------------------------------------------------------------
 
 
 def escalation_figures(rows: list[Row]) -> Row:
-    decided = [r for r in rows if r["escalated"] or r["status"] == "ok"]
+    decided = [r for r in rows if r["escalated"] or (r["status"] == "ok" and not r["cache_hit"])]
     escalated = [r for r in rows if r["escalated"]]
     confidences = [Fraction(r["cheap_confidence"]) for r in rows if r["cheap_confidence"] is not None]
     compared = [r for r in escalated if r["status"] == "ok" and r["cheap_label"] is not None]
@@ -465,6 +468,7 @@ def escalation_figures(rows: list[Row]) -> Row:
         "refused": sum(r["status"] == "refused" for r in rows),
         "decided": len(decided),
         "escalated": len(escalated),
+        "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
         "escalation_rate": ratio(len(escalated), len(decided)),
         "reasons": dict(Counter(r["escalation_reason"] for r in escalated)),
         "cheap_answers": len(confidences),
@@ -479,7 +483,7 @@ def expected_escalations(
     requests: list[Row], window: Window, group_by: str, team: str | None
 ) -> tuple[dict[Any, Row], list[Any] | None, Row]:
     """(buckets by key, the key order for time buckets else None, totals)."""
-    rows = [r for r in requests_in(requests, window, team) if r["status"] != "pending"]
+    rows = [r for r in requests_in(requests, window, team) if r["status"] != "pending" and r["eval_run_id"] is None]
     groups: dict[Any, list[Row]] = defaultdict(list)
     for row in rows:
         groups[request_key(group_by, row)].append(row)
@@ -496,12 +500,16 @@ def expected_escalations(
     return buckets, order, {"key": None, **escalation_figures(rows), "task": None}
 
 
-def money(costs: list[Decimal], all_strong: Decimal | None) -> Row:
+def money(costs: list[Decimal], all_strong: Decimal | None, rows: list[Row] | None = None) -> Row:
+    """Cost figures of requests (`rows`: their request rows, for the request-based buckets; None per model)."""
     total = sum(costs, Decimal(0))
     savings = None if all_strong is None else all_strong - total
+    rows = rows or []
     return {
         "requests": len(costs),
+        "cache_hits": sum(bool(r["cache_hit"]) for r in rows),
         "cost_usd": total,
+        "shadow_cost_usd": sum((r["shadow_cost_usd"] for r in rows), Decimal(0)),
         "cost_mean_usd": ratio(total, len(costs), 10),
         "cost_p50_usd": nearest_rank(costs, 50),
         "cost_p95_usd": nearest_rank(costs, 95),
@@ -527,7 +535,10 @@ def model_costs(attempts: Iterable[Row]) -> list[Row]:
 
 
 def request_costs(rows: list[Row]) -> Row:
-    return money([r["cost_usd"] for r in rows], sum((r["all_strong_cost_usd"] for r in rows), Decimal(0)))
+    mine = [r for r in rows if r["eval_run_id"] is None]  # evaluations are apart
+    figures = money([r["cost_usd"] for r in mine], sum((r["all_strong_cost_usd"] for r in mine), Decimal(0)), rows)
+    figures["eval_cost_usd"] = sum((r["cost_usd"] for r in rows if r["eval_run_id"] is not None), Decimal(0))
+    return figures
 
 
 def usage_of(a: Row) -> TokenUsage:
@@ -566,7 +577,12 @@ def expected_costs(
             calls = list(of_model)
             for a in calls:
                 spent[a["request_id"]] += a["cost_usd"]
-            buckets[model] = {"key": model, **money(list(spent.values()), None), "models": model_costs(calls)}
+            buckets[model] = {
+                "key": model,
+                **money(list(spent.values()), None),
+                "eval_cost_usd": Decimal(0),
+                "models": model_costs(calls),
+            }
     else:
         groups: dict[Any, list[Row]] = defaultdict(list)
         calls_of: dict[Any, list[Row]] = defaultdict(list)
@@ -581,8 +597,9 @@ def expected_costs(
     for key, bucket in buckets.items():
         bucket["task"] = task_of(rows, key) if group_by == "task" else None
     totals = {"key": None, **request_costs(rows), "models": model_costs(settled), "task": None}
-    decided = sum(r["escalated"] or r["status"] == "ok" for r in rows)
-    observed = ratio(sum(r["escalated"] for r in rows), decided)
+    mine = [r for r in rows if r["eval_run_id"] is None]
+    decided = sum(r["escalated"] or (r["status"] == "ok" and not r["cache_hit"]) for r in mine)
+    observed = ratio(sum(r["escalated"] for r in mine), decided)
     cheap = [a for a in settled if a["stage"] == "cheap"]
     return buckets, order, totals, break_even(cheap, observed, settings.cheap_model, settings.strong_model)
 

@@ -86,6 +86,7 @@ OPERATIONS = {
     "GET /v1/tasks": "none",
     "GET /v1/tasks/{name}": "positive",
     "GET /v1/tasks/{name}/versions/{version}": "both",
+    "GET /v1/tasks/{name}/calibration": "both",
 }
 
 # (operation, check) -> (the status codes it fails on, why). Empty: every defect this module found is fixed;
@@ -198,6 +199,11 @@ def explicit_cases(op: Any, arranged: Arranged) -> list[Any]:
         ]
     if label == "GET /v1/tasks/{name}":
         return [op.Case(path_parameters={"name": "fuzz-task"})]
+    if label == "GET /v1/tasks/{name}/calibration":
+        return [
+            op.Case(path_parameters={"name": "fuzz-task"}),
+            op.Case(path_parameters={"name": "fuzz-task"}, query={"version": 1, "target": "0.9", "bins": 5}),
+        ]
     if label == "GET /v1/tasks/{name}/versions/{version}":
         return [op.Case(path_parameters={"name": "fuzz-task", "version": 1})]
     if label == "POST /v1/admin/teams":
