@@ -410,21 +410,6 @@ class Cascade:
         verdict = read_answer(reply.text, reply.stop_reason, run.cmd.task.labels)
         reason = escalation(verdict, run.cmd.threshold) if stage == "cheap" else None
         answered = isinstance(verdict, Answer)
-        if stage == "shadow":
-            result = Settlement(
-                outcome=str(verdict.reason) if isinstance(verdict, Defect) else "answered",
-                usage=reply.usage,
-                http_status=200,
-                stop_reason=reply.stop_reason,
-                label=verdict.label if isinstance(verdict, Answer) else None,
-                confidence=verdict.confidence if isinstance(verdict, Answer) else None,
-                upstream_request_id=reply.request_id,
-                latency_ms=reply.latency_ms,
-                error_message=verdict.detail if isinstance(verdict, Defect) else None,
-            )
-            shadow = {"shadow_label": verdict.label} if isinstance(verdict, Answer) else None
-            await self._settle(run, plan, reservation, result, shadow)
-            return verdict
         result = Settlement(
             outcome=str(verdict.reason) if isinstance(verdict, Defect) else "answered",
             usage=reply.usage,
@@ -437,6 +422,10 @@ class Cascade:
             latency_ms=reply.latency_ms,
             error_message=verdict.detail if isinstance(verdict, Defect) else None,
         )
+        if stage == "shadow":  # never ends the request: it records the strong model's label beside the answer
+            shadow = {"shadow_label": verdict.label} if isinstance(verdict, Answer) else None
+            await self._settle(run, plan, reservation, result, shadow)
+            return verdict
         # An answer that ends the request is recorded in the same transaction as its charge, and so is the
         # cheap model's answer, which the reports compare with the strong model's.
         ends_request = answered and (stage == "strong" or reason is None)

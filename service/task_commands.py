@@ -30,7 +30,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from service.simulator import Simulator, SimulatorConfig
 from service.tables import Team
-from service.tasks import Tasks, TaskSpec, parse_ref
+from service.tasks import Tasks, new_spec, parse_ref
 from service.teams import TeamRepository
 
 
@@ -70,16 +70,17 @@ async def _put(tasks: Tasks, team: Team, args: argparse.Namespace, settings: Set
     if args.examples:
         rows = [json.loads(line) for line in args.examples.read_text(encoding="utf-8").splitlines() if line.strip()]
         examples = tuple(Example(str(r["text"]), str(r["label"])) for r in rows)
-    spec = TaskSpec(
-        labels=tuple(label.strip() for label in args.labels.split(",") if label.strip()),
-        instructions=args.instructions or None,
-        examples=examples,
-        threshold=settings.threshold if args.threshold is None else args.threshold,
-        cheap_model=args.cheap_model or settings.cheap_model,
-        strong_model=args.strong_model or settings.strong_model,
-        shadow_rate=args.shadow_rate,
-        prompt_cache=args.prompt_cache,
-        cache_ttl_s=int(settings.cache_ttl_s) if args.cache_ttl_s is None else args.cache_ttl_s,
+    spec = new_spec(
+        settings,
+        [label.strip() for label in args.labels.split(",") if label.strip()],
+        args.instructions,
+        examples,
+        args.threshold,
+        args.cheap_model,
+        args.strong_model,
+        args.shadow_rate,
+        args.prompt_cache,
+        args.cache_ttl_s,
     )
     version, created = await tasks.put(team.id, args.name, spec)
     what = "stored as version" if created else "unchanged at version"

@@ -48,11 +48,41 @@ class TaskSpec:
         return self == spec_of(version)
 
 
+def _examples(version: TaskVersion) -> tuple[Example, ...]:
+    return tuple(Example(e["text"], e["label"]) for e in version.examples)
+
+
+def new_spec(
+    settings: Settings,
+    labels: Sequence[str],
+    instructions: str | None = None,
+    examples: Sequence[Example] = (),
+    threshold: Decimal | None = None,
+    cheap_model: str | None = None,
+    strong_model: str | None = None,
+    shadow_rate: Decimal = Decimal(0),
+    prompt_cache: str = "5m",
+    cache_ttl_s: int | None = None,
+) -> TaskSpec:
+    """A definition as given (API or CLI), with the server's defaults for what was left out."""
+    return TaskSpec(
+        labels=tuple(labels),
+        instructions=instructions or None,
+        examples=tuple(examples),
+        threshold=settings.threshold if threshold is None else threshold,
+        cheap_model=cheap_model or settings.cheap_model,
+        strong_model=strong_model or settings.strong_model,
+        shadow_rate=shadow_rate,
+        prompt_cache=prompt_cache,
+        cache_ttl_s=int(settings.cache_ttl_s) if cache_ttl_s is None else cache_ttl_s,
+    )
+
+
 def spec_of(version: TaskVersion) -> TaskSpec:
     return TaskSpec(
         labels=tuple(version.labels),
         instructions=version.instructions,
-        examples=tuple(Example(e["text"], e["label"]) for e in version.examples),
+        examples=_examples(version),
         threshold=version.threshold,
         cheap_model=version.cheap_model,
         strong_model=version.strong_model,
@@ -67,7 +97,7 @@ def as_task(version: TaskVersion) -> Task:
     return Task(
         labels=tuple(version.labels),
         instructions=version.instructions,
-        examples=tuple(Example(e["text"], e["label"]) for e in version.examples),
+        examples=_examples(version),
         version_id=version.id,
         prompt_cache=version.prompt_cache,
     )

@@ -31,7 +31,7 @@ from service.prompt import Example
 from service.reports import Window
 from service.runtime import Runtime
 from service.tables import TaskVersion
-from service.tasks import TaskSpec
+from service.tasks import new_spec
 
 
 def task_out(version: TaskVersion, versions: list[TaskVersion] | None = None) -> TaskOut:
@@ -63,17 +63,17 @@ async def put_task(
     name: FromPath[str], data: JSONBody[TaskIn], caller: NamedDependency[Caller], runtime: NamedDependency[Runtime]
 ) -> Response[TaskOut]:
     annotate(team_id=str(caller.team_id), key_id=str(caller.key_id), task=name)
-    settings = runtime.settings
-    spec = TaskSpec(
-        labels=tuple(data.labels),
-        instructions=data.instructions or None,
-        examples=tuple(Example(e.text, e.label) for e in data.examples),
-        threshold=settings.threshold if data.threshold is None else data.threshold,
-        cheap_model=data.cheap_model or settings.cheap_model,
-        strong_model=data.strong_model or settings.strong_model,
-        shadow_rate=data.shadow_rate,
-        prompt_cache=data.prompt_cache,
-        cache_ttl_s=int(settings.cache_ttl_s) if data.cache_ttl_s is None else data.cache_ttl_s,
+    spec = new_spec(
+        runtime.settings,
+        data.labels,
+        data.instructions,
+        [Example(e.text, e.label) for e in data.examples],
+        data.threshold,
+        data.cheap_model,
+        data.strong_model,
+        data.shadow_rate,
+        data.prompt_cache,
+        data.cache_ttl_s,
     )
     version, created = await runtime.tasks.put(caller.team_id, name, spec)
     return Response(task_out(version), status_code=201 if created else 200)
