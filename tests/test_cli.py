@@ -31,9 +31,9 @@ def clean_env(**values: str) -> dict[str, str]:
     return env | values
 
 
-async def run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+async def run(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        CASCADE, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        CASCADE, *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=120)
     return process.returncode or 0, out.decode(), err.decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -37,8 +38,10 @@ async def make_task(db: Database, settings: Settings, team: str, name: str, labe
 
 
 async def evaluate(database_url: str, *args: str, simulate: bool = True) -> tuple[int, str, str]:
+    """`cascade eval ...` in a directory of its own (a plot not asked for elsewhere is written there)."""
     flags = ("--simulate",) if simulate else ()
-    return await run("eval", *args, *flags, env=clean_env(DATABASE_URL=database_url, COLUMNS="200"))
+    with tempfile.TemporaryDirectory() as cwd:
+        return await run("eval", *args, *flags, env=clean_env(DATABASE_URL=database_url, COLUMNS="200"), cwd=Path(cwd))
 
 
 def sentiment_file(path: Path) -> Path:
