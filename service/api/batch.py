@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -13,11 +11,12 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from service.api.classify import claim_or_replay, classification_out, idempotency_key, task_of, to_command
+from service.api.classify import classification_out, idempotency_key, idempotently, task_of, to_command
 from service.api.errors import documented, error_details
 from service.api.schemas import BatchIn, BatchItemOut, BatchOut, ClassifyIn, ErrorBody
 from service.batch import BatchItem, BatchRunner, ItemOutcome
 from service.errors import InvalidInput
+from service.idempotency import body_hash
 from service.keys import Caller
 from service.logs import annotate
 from service.runtime import Runtime
@@ -79,21 +78,16 @@ async def classify_batch(
     annotate(team_id=str(caller.team_id), key_id=str(caller.key_id))
     items = batch_items(data, caller, runtime.settings, await task_of(data, caller, runtime))
     runner = BatchRunner(runtime.cascade, runtime.limiter, runtime.settings.batch_concurrency)
+
+    async def work() -> BatchOut:
+        # Every item ends (answered, or failed for good in this batch), so the batch's answer is final.
+        return batch_out(call_id, await runner.run(call_id, caller.team_id, items))
+
     key = idempotency_key(request.headers)
     if key is None:
-        return Response(batch_out(call_id, await runner.run(call_id, caller.team_id, items)))
-    replay = await claim_or_replay(runtime, caller, key, data, call_id, BatchOut)
-    if replay is not None:
-        return replay
-    try:
-        out = batch_out(call_id, await runner.run(call_id, caller.team_id, items))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
-        raise
-    # Every item has ended (answered or failed for good in this batch): the batch's answer is final.
-    await runtime.idempotency.finish(caller.team_id, key, call_id, 200, out.model_dump(mode="json"))
-    return Response(out)
+        return Response(await work())
+    digest = body_hash(data.model_dump(mode="json"))
+    return await idempotently(runtime, caller, key, digest, call_id, BatchOut, work)
 
 
 def route(settings: Settings) -> HTTPRouteHandler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -127,36 +128,41 @@ def idempotency_key(headers: Any) -> str | None:
     return str(key)
 
 
-async def claim_or_replay(
-    runtime: Runtime, caller: Caller, key: str, data: BaseModel, call_id: uuid.UUID, schema: type[Out]
-) -> Response[Out] | None:
-    """Claim the Idempotency-Key for this body (None: go on and run), or the stored answer to replay."""
-    return await claim(runtime, caller, key, body_hash(data.model_dump(mode="json")), call_id, schema)
-
-
-async def claim(
-    runtime: Runtime, caller: Caller, key: str, digest: str, call_id: uuid.UUID, schema: type[Out]
-) -> Response[Out] | None:
-    """Claim the Idempotency-Key for the body with this digest, or the stored answer to replay (an error is
-    replayed as the same error)."""
+async def idempotently(
+    runtime: Runtime,
+    caller: Caller,
+    key: str,
+    digest: str,
+    call_id: uuid.UUID,
+    schema: type[Out],
+    work: Callable[[], Awaitable[Out]],
+    status: int = 200,
+) -> Response[Out]:
+    """Run `work` once for this Idempotency-Key and body (`digest`), Stripe's way: a repeat replays the stored
+    answer (an error as the same error), another body is 422, a repeat while it runs is 409. A final answer
+    (success, 4xx, 502) is stored; a transient one (503, 504, a cancellation) frees the key for a retry."""
     stored = await runtime.idempotency.begin(caller.team_id, key, digest, call_id)
-    if stored is None:
-        return None
-    if stored.status >= 300:
-        raise Replayed(stored.status, stored.body)
-    return Response(
-        schema.model_validate(stored.body), status_code=stored.status, headers={"idempotent-replayed": "true"}
-    )
-
-
-async def settle_claim(runtime: Runtime, caller: Caller, key: str, call_id: uuid.UUID, exc: CascadeError) -> None:
-    """A request with an Idempotency-Key failed: a final answer (4xx, 502) is kept for replay; a transient one
-    (503, 504) frees the key for a retry."""
-    if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
-        body = {"error": error_details(exc), "request_id": str(call_id)}
-        await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
-    else:
-        await runtime.idempotency.abandon(caller.team_id, key, call_id)
+    if stored is not None:
+        if stored.status >= 300:
+            raise Replayed(stored.status, stored.body)
+        return Response(
+            schema.model_validate(stored.body), status_code=stored.status, headers={"idempotent-replayed": "true"}
+        )
+    try:
+        out = await work()
+    except CascadeError as exc:
+        if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
+            body = {"error": error_details(exc), "request_id": str(call_id)}
+            await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
+        else:
+            await runtime.idempotency.abandon(caller.team_id, key, call_id)
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
+        raise
+    await runtime.idempotency.finish(caller.team_id, key, call_id, status, out.model_dump(mode="json"))
+    return Response(out, status_code=status)
 
 
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
@@ -172,20 +178,12 @@ async def classify(
         annotate(text=data.text)
     runtime.limiter.acquire(caller.team_id)
     command = to_command(data, caller, call_id, runtime.settings, await task_of(data, caller, runtime))
+
+    async def work() -> ClassifyOut:
+        return classification_out(await runtime.cascade.classify(command))
+
     key = idempotency_key(request.headers)
     if key is None:
-        return Response(classification_out(await runtime.cascade.classify(command)))
-    replay = await claim_or_replay(runtime, caller, key, data, call_id, ClassifyOut)
-    if replay is not None:
-        return replay
-    try:
-        out = classification_out(await runtime.cascade.classify(command))
-    except CascadeError as exc:
-        await settle_claim(runtime, caller, key, call_id, exc)
-        raise
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
-        raise
-    await runtime.idempotency.finish(caller.team_id, key, call_id, 200, out.model_dump(mode="json"))
-    return Response(out)
+        return Response(await work())
+    digest = body_hash(data.model_dump(mode="json"))
+    return await idempotently(runtime, caller, key, digest, call_id, ClassifyOut, work)

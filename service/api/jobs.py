@@ -6,8 +6,6 @@ to the caller's team (another team's job is a 404).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import tempfile
@@ -23,7 +21,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
-from service.api.classify import claim, idempotency_key, settle_claim, to_command
+from service.api.classify import idempotency_key, idempotently, to_command
 from service.api.errors import documented
 from service.api.schemas import (
     ClassifyIn,
@@ -35,7 +33,7 @@ from service.api.schemas import (
     StageCountsOut,
     money_str,
 )
-from service.errors import CascadeError, InvalidInput
+from service.errors import InvalidInput
 from service.idempotency import body_hash
 from service.jobs import JobSpec, JobStatus, ResultRow, progress
 from service.keys import Caller
@@ -178,26 +176,15 @@ async def _create(
     items: Iterable[tuple[str | None, str]],
 ) -> Response[JobOut]:
     """Store the job; with an Idempotency-Key, the same key and body answer with the first job, not a new one."""
-    if key is not None:
-        replay = await claim(runtime, caller, key, digest, call_id, JobOut)
-        if replay is not None:
-            return replay
-    try:
+
+    async def work() -> JobOut:
         created = await runtime.jobs.create(spec, items)
-    except CascadeError as exc:
-        if key is not None:
-            await settle_claim(runtime, caller, key, call_id, exc)
-        raise
-    except BaseException:
-        if key is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
-        raise
-    out = job_out(created)
-    if key is not None:
-        await runtime.idempotency.finish(caller.team_id, key, call_id, 202, out.model_dump(mode="json"))
-    annotate(job_id=str(created.job.id), items=created.job.item_count)
-    return Response(out, status_code=202)
+        annotate(job_id=str(created.job.id), items=created.job.item_count)
+        return job_out(created)
+
+    if key is None:
+        return Response(await work(), status_code=202)
+    return await idempotently(runtime, caller, key, digest, call_id, JobOut, work, status=202)
 
 
 @get("/", responses=documented(401), summary="The team's latest jobs")
