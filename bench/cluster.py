@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service import schema
 from service.embedded import asyncpg_url, start_embedded
 
 
@@ -37,3 +44,26 @@ def forget_dead_handles(pgdata: Path) -> None:
             pass  # alive, someone else's
         alive.append(pid)
     handles.write_text(json.dumps(alive))
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """(Re)create the database `name` on the admin URL's server, migrate it to head, and return its URL."""
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(schema.upgrade, url)
+    return url
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()

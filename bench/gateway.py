@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cluster import admin_url_for  # bench/cluster.py
+from cluster import admin_url_for, drop_database  # bench/cluster.py
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -439,12 +439,7 @@ class BenchDatabase:
         async def go() -> None:
             if self.engine is not None:
                 await self.engine.dispose()
-            admin = create_async_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-            try:
-                async with admin.connect() as conn:
-                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-            finally:
-                await admin.dispose()
+            await drop_database(self.admin_url, DB_NAME)
 
         self.runner.run(go())
 

@@ -25,14 +25,12 @@ import time
 from pathlib import Path
 
 import httpx
-from cluster import admin_url_for  # bench/cluster.py
+from cluster import admin_url_for, create_database, drop_database  # bench/cluster.py
 from gateway import ROOT, Proc, cascade_argv, free_port, http_status, wait_for  # bench/gateway.py
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service import schema
 from service.database import Database
 from service.keys import issue_key
 from service.settings import Settings
@@ -66,28 +64,6 @@ def peak_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-async def reset_database(admin_url: str) -> str:
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-            await conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    finally:
-        await admin.dispose()
-    url = make_url(admin_url).set(database=DB_NAME).render_as_string(hide_password=False)
-    await asyncio.to_thread(schema.upgrade, url)
-    return url
-
-
-async def drop_database(admin_url: str) -> None:
-    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def ledger_check(url: str) -> dict[str, object]:
@@ -135,7 +111,7 @@ async def ledger_check(url: str) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     admin_url = admin_url_for(args)
-    url = asyncio.run(reset_database(admin_url))
+    url = asyncio.run(create_database(admin_url, DB_NAME))
     work = Path(tempfile.mkdtemp(prefix="cascade-bench-jobs-"))
     sim_port, api_port = free_port(), free_port()
     env = {
@@ -216,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         for proc in reversed(procs):
             proc.stop()
         if not args.keep:
-            asyncio.run(drop_database(admin_url))
+            asyncio.run(drop_database(admin_url, DB_NAME))
 
 
 async def _key(url: str, settings: Settings) -> str:

@@ -142,14 +142,17 @@ class Cascade:
         self._idle.set()
         self.catalog = catalog
 
-    async def classify(self, cmd: ClassifyCommand) -> Classification:
-        run = _Run(
+    def _run(self, cmd: ClassifyCommand, deadline_s: float) -> _Run:
+        return _Run(
             cmd,
             created_at=self.budget.clock(),
-            deadline=Deadline.after(self.settings.request_deadline_s),
+            deadline=Deadline.after(deadline_s),
             cheap=self.catalog.model(cmd.cheap_model or self.settings.cheap_model),
             strong=self.catalog.model(cmd.strong_model or self.settings.strong_model),
         )
+
+    async def classify(self, cmd: ClassifyCommand) -> Classification:
+        run = self._run(cmd, self.settings.request_deadline_s)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -195,13 +198,7 @@ class Cascade:
         A model that gives no answer (unavailable, rejected, out of time) is an Unavailable verdict, so a paid
         cheap answer is never lost. A cap that refuses the cheap call raises CostCapExceeded (nothing was spent);
         one that refuses the strong call gives `refused` (the evaluation stops there)."""
-        run = _Run(
-            cmd,
-            created_at=self.budget.clock(),
-            deadline=Deadline.after(2 * self.settings.request_deadline_s),
-            cheap=self.catalog.model(cmd.cheap_model or self.settings.cheap_model),
-            strong=self.catalog.model(cmd.strong_model or self.settings.strong_model),
-        )
+        run = self._run(cmd, 2 * self.settings.request_deadline_s)
         verdicts: dict[str, Verdict] = {}
         refused: CostCapExceeded | None = None
         for stage, model in (("cheap", run.cheap), ("strong", run.strong)):

@@ -3,7 +3,6 @@ with the fixed 0.85, the recommended threshold and the strong model alone marked
 
 from __future__ import annotations
 
-from decimal import Decimal
 from xml.sax.saxutils import escape
 
 from service.evaluation import Point, Sweep
@@ -79,7 +78,3 @@ def _tip(p: Point) -> str:
     name = "strong only" if p.threshold is None else f"threshold {p.threshold}"
     accuracy = f"{p.accuracy * 100:.1f}%"
     return f"{name}: accuracy {accuracy}, escalated {p.escalation_rate * 100:.1f}%, ${p.cost_per_1000_usd} per 1,000"
-
-
-def percent(value: Decimal) -> str:
-    return f"{value * 100:.1f}%"

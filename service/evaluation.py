@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -212,9 +212,8 @@ def _point(threshold: Decimal | None, items: Sequence[EvalItem]) -> Point:
     )
 
 
-def sweep(run_id: uuid.UUID, items: Sequence[EvalItem], thresholds: Iterable[Decimal] | None = None) -> Sweep:
-    grid = list(thresholds) if thresholds is not None else [Decimal(k) / 100 for k in range(101)]
-    points = [_point(t, items) for t in grid]
+def sweep(run_id: uuid.UUID, items: Sequence[EvalItem]) -> Sweep:
+    points = [_point(Decimal(k) / 100, items) for k in range(101)]
     all_strong, fixed = _point(None, items), _point(FIXED, items)
     at_strong = next((p for p in points if p.accuracy >= all_strong.accuracy), None)
     bar = max(all_strong.accuracy, fixed.accuracy)

@@ -22,8 +22,8 @@ from service.calibration import Calibration, calibration
 from service.caps import TeamCaps
 from service.catalog import Catalog
 from service.database import Database, resolve_url
-from service.errors import CascadeError
-from service.eval_plot import percent, render
+from service.errors import CascadeError, InvalidInput
+from service.eval_plot import render
 from service.prompt import Example
 from service.reports import Window, parse_since
 from service.runtime import Runtime
@@ -60,6 +60,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
         await db.dispose()
 
 
+def percent(value: Decimal) -> str:
+    return f"{value * 100:.1f}%"
+
+
 async def _team(db: Database, name: str) -> Team:
     async with db.transaction() as session:
         return await TeamRepository(session).get(name)
@@ -68,8 +72,13 @@ async def _team(db: Database, name: str) -> Team:
 async def _put(tasks: Tasks, team: Team, args: argparse.Namespace, settings: Settings, console: Console) -> None:
     examples: tuple[Example, ...] = ()
     if args.examples:
-        rows = [json.loads(line) for line in args.examples.read_text(encoding="utf-8").splitlines() if line.strip()]
-        examples = tuple(Example(str(r["text"]), str(r["label"])) for r in rows)
+        lines = args.examples.read_text(encoding="utf-8").splitlines()
+        try:
+            examples = tuple(Example(r["text"], r["label"]) for r in (json.loads(x) for x in lines if x.strip()))
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInput('--examples: each line must be {"text": ..., "label": ...}', field="examples") from None
+        if not all(isinstance(e.text, str) and isinstance(e.label, str) for e in examples):
+            raise InvalidInput('--examples: "text" and "label" must be strings', field="examples")
     spec = new_spec(
         settings,
         [label.strip() for label in args.labels.split(",") if label.strip()],
@@ -167,13 +176,12 @@ async def _evaluate(
 ) -> None:
     name, version_no = parse_ref(args.task)
     version = await tasks.get(team.id, name, version_no)
-    if args.run is None:
-        tasks.check_models(version)
     if args.run is not None:
         run_id = args.run
+    elif args.data is None:
+        raise SystemExit("cascade eval: give a data file, or --run ID to sweep a stored run")
     else:
-        if args.data is None:
-            raise SystemExit("cascade eval: give a data file, or --run ID to sweep a stored run")
+        tasks.check_models(version)
         if not args.live and settings.database_url and not args.simulate:
             raise SystemExit(
                 "cascade eval: without --live the answers come from the bundled simulator, and their simulated "

@@ -151,10 +151,17 @@ def check_spec(spec: TaskSpec, settings: Settings, catalog: Catalog) -> None:
     if spec.prompt_cache not in ("5m", "1h"):
         raise InvalidInput("prompt_cache must be 5m or 1h", field="prompt_cache")
     for field, model in (("cheap_model", spec.cheap_model), ("strong_model", spec.strong_model)):
-        try:
-            catalog.check_servable(model, utcnow().date())
-        except ConfigurationError as exc:
-            raise InvalidInput(str(exc), field=field) from None
+        if (problem := model_problem(catalog, model)) is not None:
+            raise InvalidInput(problem, field=field)
+
+
+def model_problem(catalog: Catalog, model: str) -> str | None:
+    """Why a model cannot be served today (not in the catalog, unpriced or retired), or None."""
+    try:
+        catalog.check_servable(model, utcnow().date())
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -242,18 +249,19 @@ class Tasks:
     async def get(self, team_id: uuid.UUID, name: str, version: int | None = None) -> TaskVersion:
         if NAME.fullmatch(name) is None or (version is not None and not 1 <= version <= MAX_VERSION):
             raise NotFound(f"no task {name[:80]!r}" + ("" if version is None else f" at version {version}"))
-        async with self.db.transaction() as session:
-            query = (
-                _latest(team_id, name)
-                if version is None
-                else select(TaskVersion).where(
-                    TaskVersion.team_id == team_id, TaskVersion.name == name, TaskVersion.version == version
-                )
+        query = (
+            _latest(team_id, name)
+            if version is None
+            else select(TaskVersion).where(
+                TaskVersion.team_id == team_id, TaskVersion.name == name, TaskVersion.version == version
             )
-            found = await session.scalar(query)
-        if not isinstance(found, TaskVersion):
+        )
+        # One statement in autocommit: a named task's every request reads it, so no BEGIN and COMMIT round trips.
+        async with self.db.autocommit() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
             raise NotFound(f"no task {name!r}" + ("" if version is None else f" at version {version}"))
-        return found
+        return TaskVersion(**row._mapping)
 
     async def resolve(self, team_id: uuid.UUID, ref: str) -> TaskVersion:
         """A request's `task`: `name` or `name@version`, the team's own only (another team's is not found), and
@@ -265,19 +273,10 @@ class Tasks:
 
     def check_models(self, version: TaskVersion) -> None:
         for model in (version.cheap_model, version.strong_model):
-            try:
-                self.catalog.check_servable(model, utcnow().date())
-            except ConfigurationError as exc:
+            if (problem := model_problem(self.catalog, model)) is not None:
                 raise InvalidInput(
-                    f"task {version.name}@{version.version} cannot be run: {exc}; store a new version", field="task"
-                ) from None
-
-    async def by_ids(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskVersion]:
-        if not ids:
-            return {}
-        async with self.db.transaction() as session:
-            rows = await session.scalars(select(TaskVersion).where(TaskVersion.id.in_(list(ids))))
-            return {row.id: row for row in rows}
+                    f"task {version.name}@{version.version} cannot be run: {problem}; store a new version", field="task"
+                )
 
 
 def _latest(team_id: uuid.UUID, name: str) -> Select[TaskVersion]:

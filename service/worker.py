@@ -259,28 +259,26 @@ class Worker:
         prefix = custom_id_prefix(run.job.id, batch.id)
         lines: list[ResultLine] = []
         chunks = 0
-        results = self.upstream.batch_results(batch.anthropic_id)
         try:
-            first = await anext(results, None)
+            async for line in self.upstream.batch_results(batch.anthropic_id):
+                seq = _seq_of(line.get("custom_id"), prefix)
+                attempt = held.pop(seq, None) if seq is not None else None
+                if attempt is None:
+                    continue  # settled on an earlier pass, or not ours
+                lines.append(self._result(run, batch, attempt, line))
+                if len(lines) >= _SETTLE_LINES:
+                    await self._settle(batch, lines)
+                    await self._renew(run.job.id)
+                    lines = []
+                    chunks += 1
+                    if chunks == 1:
+                        self._fail_at("mid_ingest")
         except UpstreamFailure as failure:
             if failure.status != 404:
                 raise
-            await results.aclose()
+            await self._settle(batch, lines)  # the results are gone (the 404 comes before any line, in practice)
             await self._gone(run, batch)
             return
-        async for line in _chain(first, results):
-            seq = _seq_of(line.get("custom_id"), prefix)
-            attempt = held.pop(seq, None) if seq is not None else None
-            if attempt is None:
-                continue  # settled on an earlier pass, or not ours
-            lines.append(self._result(run, batch, attempt, line))
-            if len(lines) >= _SETTLE_LINES:
-                await self._settle(batch, lines)
-                await self._renew(run.job.id)
-                lines = []
-                chunks += 1
-                if chunks == 1:
-                    self._fail_at("mid_ingest")
         missing = len(held)
         for attempt in held.values():
             lines.append(self._unknown(run, batch, attempt))
@@ -688,11 +686,3 @@ def _error_of(error: object) -> tuple[str | None, str]:
         kind = inner.get("type")
         return (kind if isinstance(kind, str) else None), f"{kind}: {inner.get('message')}"
     return None, "the request errored"
-
-
-async def _chain(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    if first is None:
-        return
-    yield first
-    async for line in rest:
-        yield line
