@@ -67,6 +67,8 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    # The claim's heartbeat while in flight: only a claim not renewed for the TTL (its holder died) is taken over.
+    alive_at: Mapped[datetime] = mapped_column(TZDateTime, server_default=func.now())
 
 
 class ApiKey(Base):

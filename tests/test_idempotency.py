@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from service.budget import utcnow
 from service.database import Database
@@ -372,3 +373,66 @@ async def test_duplicates_across_two_replicas_charge_once(two_replicas: tuple[Se
     assert messages(one.sim) == 1
     assert await count(one.db, Request) == 1
     await assert_ledger_invariants(one.db)
+
+
+# --- a claim's lifetime: kept while its holder lives, taken over after the TTL once it is dead -----------------
+
+
+async def test_a_batch_longer_than_the_ttl_keeps_its_key_while_it_runs(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> None:
+    """The claim is renewed while the work runs: a retry after the TTL gets 409, not a second paid run."""
+    settings = make_settings(
+        CASCADE_RESERVATION_TTL_S="1.5", CASCADE_REQUEST_DEADLINE_S="1.2", CASCADE_BATCH_CONCURRENCY="1"
+    )
+    async with running_service(settings, database_url, db, sim) as svc:
+        items = [{"text": f"{{{{sim:cheap=slow:0.8+conf=0.95}}}} Parcel {n} came on time."} for n in range(5)]
+        body = {"items": items, "labels": SENTIMENT}
+        headers = {**svc.auth, "Idempotency-Key": "long-batch"}
+        first = asyncio.create_task(svc.client.post("/v1/classify/batch", json=body, headers=headers))
+        await asyncio.sleep(2.5)  # past the TTL, with the batch (about 4 s) still running
+        assert not first.done()
+        retry = await svc.client.post("/v1/classify/batch", json=body, headers=headers)
+        assert_error(retry, 409, "idempotency_key_in_flight")
+        done = await first
+        assert done.status_code == 200 and done.json()["ok"] == 5, done.text
+        replay = await svc.client.post("/v1/classify/batch", json=body, headers=headers)
+        assert replay.headers["idempotent-replayed"] == "true" and replay.json() == done.json()
+    assert messages(sim) == 5
+    await assert_ledger_invariants(db)
+
+
+async def test_a_dead_holders_claim_is_taken_over_after_the_ttl(
+    make_settings: Callable[..., Settings], database_url: str, db: Database, sim: Simulator
+) -> None:
+    """A claim whose replica died mid-request (no heartbeat since) is 409 until the TTL, then a retry runs it."""
+    settings = make_settings(CASCADE_RESERVATION_TTL_S="60")
+    async with running_service(settings, database_url, db, sim) as svc:
+        # What the dead replica left is its claim on the same body: the digest is taken from a finished run
+        # under another key, so that the test does not recompute the canonical body itself.
+        assert (await post(svc, CONFIDENT, "probe")).status_code == 200
+        async with db.transaction() as session:
+            probe = await session.scalar(select(IdempotencyKey).where(IdempotencyKey.key == "probe"))
+            assert probe is not None
+            team_id, digest = probe.team_id, probe.body_hash
+        for age_s, expected in ((30, 409), (61, 200)):
+            async with db.transaction() as session:
+                await session.execute(delete(IdempotencyKey).where(IdempotencyKey.key == "orphan"))
+                then = utcnow() - timedelta(seconds=age_s)
+                session.add(
+                    IdempotencyKey(
+                        team_id=team_id,
+                        key="orphan",
+                        body_hash=digest,
+                        state="in_flight",
+                        request_id=uuid.uuid4(),
+                        created_at=then,
+                        alive_at=then,
+                    )
+                )
+            assert_error(await post(svc, "another body", "orphan"), 422, "idempotency_key_reused")
+            retry = await post(svc, CONFIDENT, "orphan")
+            assert retry.status_code == expected, retry.text
+        replay = await post(svc, CONFIDENT, "orphan")
+        assert replay.headers["idempotent-replayed"] == "true"
+    assert messages(sim) == 2

@@ -141,7 +141,8 @@ async def idempotently(
     """Run `work` once for this Idempotency-Key and body (`digest`), Stripe's way: a repeat replays the stored
     answer (an error as the same error), another body is 422, a repeat while it runs is 409. A final answer
     (success, 4xx, 502) is stored; a transient one (503, 504, a cancellation) frees the key for a retry."""
-    stored = await runtime.idempotency.begin(caller.team_id, key, digest, call_id)
+    idempotency = runtime.idempotency
+    stored = await idempotency.begin(caller.team_id, key, digest, call_id)
     if stored is not None:
         if stored.status >= 300:
             raise Replayed(stored.status, stored.body)
@@ -149,20 +150,28 @@ async def idempotently(
             schema.model_validate(stored.body), status_code=stored.status, headers={"idempotent-replayed": "true"}
         )
     try:
-        out = await work()
+        async with idempotency.kept_alive(caller.team_id, key, call_id):
+            out = await work()
     except CascadeError as exc:
         if exc.status_code < 500 or isinstance(exc, UpstreamRejected):
             body = {"error": error_details(exc), "request_id": str(call_id)}
-            await runtime.idempotency.finish(caller.team_id, key, call_id, exc.status_code, body)
+            await _last_word(idempotency.finish(caller.team_id, key, call_id, exc.status_code, body))
         else:
-            await runtime.idempotency.abandon(caller.team_id, key, call_id)
+            await _last_word(idempotency.abandon(caller.team_id, key, call_id))
         raise
     except BaseException:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(runtime.idempotency.abandon(caller.team_id, key, call_id))
+        await _last_word(idempotency.abandon(caller.team_id, key, call_id))
         raise
-    await runtime.idempotency.finish(caller.team_id, key, call_id, status, out.model_dump(mode="json"))
+    # Shielded: the work is paid for, so a client that hangs up now must not leave the key to a second run.
+    await asyncio.shield(idempotency.finish(caller.team_id, key, call_id, status, out.model_dump(mode="json")))
     return Response(out, status_code=status)
+
+
+async def _last_word(write: Awaitable[None]) -> None:
+    """Store or free the key after a failure, whatever else is failing: if this write fails too, the claim
+    stays until its TTL (a retry meanwhile is 409) and the original error is what the client sees."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(write)
 
 
 @post("/v1/classify", status_code=200, responses=_RESPONSES, summary="Classify one text")
