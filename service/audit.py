@@ -178,7 +178,7 @@ async def export_requests(db: Database, scope: Scope, flt: RequestFilter) -> Asy
 
 async def request_audit(db: Database, scope: Scope, request_id: uuid.UUID) -> tuple[Request, Sequence[Attempt]]:
     """One request and its ledger rows. Another team's id is indistinguishable from a missing one."""
-    async with db.transaction() as session:
+    async with db.snapshot() as session:
         ledger = LedgerRepository(session)
         request = await ledger.get_request(request_id, scope.team_id)
         if request is None:

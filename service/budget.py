@@ -427,7 +427,7 @@ class Budget:
 
     async def gauges(self) -> LedgerGauges:
         """Every cap row of the current periods, and the reservations held: what /metrics reports."""
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             rows = await CapRepository(session).current_named(self.clock().date())
             held, held_usd = await LedgerRepository(session).held_totals()
         caps = [

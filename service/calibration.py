@@ -300,7 +300,7 @@ _TOTALS_SQL = f"""
 
 async def read_ledger(db: Database, version_id: uuid.UUID, window: Window) -> Ledger:
     params: dict[str, Any] = {"task_id": version_id, **window.params()}
-    async with db.transaction() as session:
+    async with db.snapshot() as session:
         rows = (await session.execute(text(_BUCKETS_SQL), params)).all()
         totals = (await session.execute(text(_TOTALS_SQL), params)).one()
     buckets = [Bucket() for _ in range(BUCKETS)]

@@ -83,11 +83,26 @@ class Database:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # The same pool, without BEGIN/COMMIT round trips: for work that is one statement (atomic by itself).
         self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Read-only, one snapshot for every statement: figures read by several statements agree with each other.
+        self._snapshots = async_sessionmaker(
+            self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True),
+            expire_on_commit=False,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A short transaction, committed on success; connectivity failures become DatabaseUnavailable."""
         async with self._translated(), self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only transaction whose statements all see the same committed state (REPEATABLE READ).
+
+        For reads of several statements that must agree (a report's request and attempt totals, the cap rows
+        and the reservations behind them); at READ COMMITTED each statement would see a later commit.
+        """
+        async with self._translated(), self._snapshots() as session, session.begin():
             yield session
 
     @asynccontextmanager

@@ -289,7 +289,7 @@ class Reports:
     async def escalations(self, scope: Scope, window: Window, group_by: str) -> EscalationReport:
         _check_grouping(group_by, ESCALATION_GROUPINGS, scope, window)
         params = window.params() | scope.params()
-        async with self.slots, self.db.transaction() as session:
+        async with self.slots, self.db.snapshot() as session:
             rows = (await session.execute(text(_escalation_sql(group_by, scope)), params)).all()
             teams = await _team_names(session) if group_by == "team" else {}
             by_key = {row.b: row for row in rows if not row.is_total}
@@ -320,7 +320,7 @@ class Reports:
         _check_grouping(group_by, COST_GROUPINGS, scope, window)
         params = window.params() | scope.params()
         per_request = None if group_by == "model" else group_by  # model buckets come from the attempts
-        async with self.slots, self.db.transaction() as session:
+        async with self.slots, self.db.snapshot() as session:
             request_rows = (await session.execute(text(_request_cost_sql(per_request, scope)), params)).all()
             attempt_rows = (await session.execute(text(_attempt_cost_sql(group_by, scope)), params)).all()
             model_rows = (

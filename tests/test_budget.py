@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -178,3 +179,32 @@ async def test_an_abandoned_request_that_had_escalated_counts_as_escalated(
     assert abandoned is not None
     assert (abandoned.status, abandoned.error_type) == ("failed", "abandoned")
     assert (abandoned.escalated, abandoned.escalation_reason) == (True, "low_confidence")
+
+
+async def test_the_gauges_read_the_cap_rows_and_the_reservations_from_one_snapshot(
+    budget: Callable[..., tuple[Budget, Clock]], team: uuid.UUID, db: Database
+) -> None:
+    """/metrics reads the cap rows and the held reservations in two statements; a reservation that commits
+    between them must not show as held on one and missing from the other."""
+    b, clock = budget()
+    done = asyncio.Event()
+
+    async def churn() -> None:
+        for _ in range(150):
+            p = plan(team)
+            reservation = await b.reserve(p, request_row(p, clock.now))
+            await b.settle(reservation, Settlement("answered", TokenUsage(input=100, output=5)))
+        done.set()
+
+    async def read() -> list[tuple[Decimal, Decimal]]:
+        seen = []
+        while not done.is_set():
+            gauges = await b.gauges()
+            global_day = [c.reserved_usd for c in gauges.caps if c.scope == "global" and c.period == "day"]
+            seen.append((sum(global_day, Decimal(0)), gauges.reservations_held_usd))
+        return seen
+
+    _, *readers = await asyncio.gather(churn(), read(), read(), read())
+    seen = [pair for reader in readers for pair in reader]
+    assert any(held for _, held in seen), "no read landed while a reservation was held"
+    assert [pair for pair in seen if pair[0] != pair[1]] == []

@@ -115,7 +115,13 @@ async def terminate_under_load(
         assert scrapes == [8.0] * 4
 
         clients = [asyncio.create_task(load(url, key, behaviour, stop, ok, failed)) for _ in range(24)]
-        await asyncio.sleep(1.5)  # every client has a call in flight at the simulator
+        # Signal once every client has had a call reach the simulator (waiting on the event, not on a guess at
+        # how long that takes: on a busy machine the database may take seconds to admit 24 reservations).
+        deadline = time.monotonic() + 30
+        while len(sim.calls) < 8 + 24:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         in_flight_at_signal = len(sim.calls)
         stop.set()
         server.send_signal(signal.SIGTERM)
@@ -125,7 +131,7 @@ async def terminate_under_load(
         if server.returncode is None:
             server.kill()
             await server.wait()
-    assert in_flight_at_signal > 8
+    assert in_flight_at_signal >= 8 + 24, in_flight_at_signal
     lines = [json.loads(line) for line in read(log).splitlines() if line.strip()]
     return ok, failed, code, lines
 
