@@ -198,10 +198,13 @@ class Cascade:
         A model that gives no answer (unavailable, rejected, out of time) is an Unavailable verdict, so a paid
         cheap answer is never lost. A cap that refuses the cheap call raises CostCapExceeded (nothing was spent);
         one that refuses the strong call gives `refused` (the evaluation stops there)."""
-        run = self._run(cmd, 2 * self.settings.request_deadline_s)
+        run = self._run(cmd, self.settings.request_deadline_s)
         verdicts: dict[str, Verdict] = {}
         refused: CostCapExceeded | None = None
         for stage, model in (("cheap", run.cheap), ("strong", run.strong)):
+            # Each stage has the request deadline of its own: no reservation outlives it, so none can reach the
+            # sweeper's TTL while its holder is still waiting on the call.
+            run.deadline = Deadline.after(self.settings.request_deadline_s)
             try:
                 verdicts[stage] = await self._stage(run, stage, model)
             except CostCapExceeded as exc:

@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias="CASCADE_RESERVATION_TTL_S",
         description="Age after which the sweeper charges a held reservation at its worst case. "
-        "Must exceed the request deadline.",
+        "Must exceed the request deadline and the attempt timeout.",
     )
     sweep_interval_s: float = Field(
         default=30.0,
@@ -342,8 +342,12 @@ class Settings(BaseSettings):
     )
 
     def model_post_init(self, __context: object) -> None:
-        if self.reservation_ttl_s <= self.request_deadline_s:
-            raise ValueError("CASCADE_RESERVATION_TTL_S must be longer than CASCADE_REQUEST_DEADLINE_S")
+        # A reservation lives as long as its call: at most the request deadline, and a shadow call (which has no
+        # request deadline) at most the attempt timeout. The sweeper must never charge one whose holder is alive.
+        if self.reservation_ttl_s <= max(self.request_deadline_s, self.attempt_timeout_s):
+            raise ValueError(
+                "CASCADE_RESERVATION_TTL_S must be longer than CASCADE_REQUEST_DEADLINE_S and CASCADE_ATTEMPT_TIMEOUT_S"
+            )
         if self.job_doubt_s <= self.job_lease_s + self.job_submit_timeout_s:
             raise ValueError(
                 "CASCADE_JOB_DOUBT_S must be longer than CASCADE_JOB_LEASE_S + CASCADE_JOB_SUBMIT_TIMEOUT_S"

@@ -541,3 +541,11 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.anthropic_api_key is None
     assert settings.anthropic_base_url is None
     assert settings.session_secret is None
+
+
+def test_a_reservation_ttl_a_call_could_outlive_is_refused() -> None:
+    """The sweeper must never charge the worst case of a call whose holder is still waiting on it."""
+    for field in ("CASCADE_REQUEST_DEADLINE_S", "CASCADE_ATTEMPT_TIMEOUT_S"):
+        with pytest.raises(ValueError, match="CASCADE_RESERVATION_TTL_S must be longer"):
+            Settings(_env_file=None, ANTHROPIC_API_KEY="unused", CASCADE_RESERVATION_TTL_S=60, **{field: 60})  # type: ignore[call-arg, arg-type]
+    Settings(_env_file=None, ANTHROPIC_API_KEY="unused", CASCADE_RESERVATION_TTL_S=61, CASCADE_ATTEMPT_TIMEOUT_S=60)  # type: ignore[call-arg]

@@ -193,3 +193,38 @@ async def test_a_cap_stops_an_evaluation_and_every_paid_item_is_stored(
     # A run is swept only for the task it evaluated.
     code, out, err = await evaluate(database_url, "--run", str(run_row.id), "--task", "other", "--team", "evals")
     assert code == 1 and "no evaluation run" in out + err
+
+
+async def test_each_stage_of_an_evaluation_item_has_the_request_deadline_of_its_own(
+    database_url: str, db: Database, make_settings: Any, tmp_path: Path
+) -> None:
+    """No call outlives the request deadline (so no reservation can reach the sweeper's TTL while its holder
+    waits): a cheap call slower than the deadline times out, and the strong stage still gets a deadline."""
+    settings = make_settings()
+    await make_task(db, settings, "evals", "sentiment", SENTIMENT)
+    data = tmp_path / "slow.jsonl"
+    text = "The parcel came on time. {{sim:cheap=slow:1.6+conf=0.95;strong=slow:0.5+conf=0.95}}"
+    data.write_text(json.dumps({"text": text, "label": "positive"}) + "\n")
+    env = clean_env(DATABASE_URL=database_url, COLUMNS="200", CASCADE_REQUEST_DEADLINE_S="1", CASCADE_MAX_ATTEMPTS="1")
+    with tempfile.TemporaryDirectory() as cwd:
+        code, out, err = await run(
+            "eval",
+            str(data),
+            "--task",
+            "sentiment",
+            "--team",
+            "evals",
+            "--simulate",
+            "--format",
+            "json",
+            env=env,
+            cwd=Path(cwd),
+        )
+    assert code == 0, err + out
+    async with db.transaction() as session:
+        (item,) = (await session.scalars(select(EvalItem))).all()
+        attempts = list((await session.scalars(select(Attempt).order_by(Attempt.id))).all())
+    assert [(a.stage, a.outcome) for a in attempts] == [("cheap", "timeout"), ("strong", "answered")]
+    assert attempts[0].cost_usd == attempts[0].reserved_usd, "a call cut off is charged its reservation"
+    assert item.cheap_label is None and item.strong_label is not None
+    await assert_ledger_invariants(db)

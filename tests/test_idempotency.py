@@ -383,7 +383,10 @@ async def test_a_batch_longer_than_the_ttl_keeps_its_key_while_it_runs(
 ) -> None:
     """The claim is renewed while the work runs: a retry after the TTL gets 409, not a second paid run."""
     settings = make_settings(
-        CASCADE_RESERVATION_TTL_S="1.5", CASCADE_REQUEST_DEADLINE_S="1.2", CASCADE_BATCH_CONCURRENCY="1"
+        CASCADE_RESERVATION_TTL_S="1.5",
+        CASCADE_REQUEST_DEADLINE_S="1.2",
+        CASCADE_ATTEMPT_TIMEOUT_S="1.2",
+        CASCADE_BATCH_CONCURRENCY="1",
     )
     async with running_service(settings, database_url, db, sim) as svc:
         items = [{"text": f"{{{{sim:cheap=slow:0.8+conf=0.95}}}} Parcel {n} came on time."} for n in range(5)]
