@@ -99,8 +99,8 @@ class Jobs:
         return JobStatus(job, counts)
 
     async def status(self, team_id: uuid.UUID, job_id: uuid.UUID) -> JobStatus:
-        async with self.db.autocommit() as connection:
-            store = JobStore(connection)
+        async with self.db.snapshot() as session:  # the job row and its counts from one snapshot
+            store = JobStore(await session.connection())
             job = await store.job(job_id, team_id)
             if job is None:
                 raise NotFound(f"no job {job_id}")

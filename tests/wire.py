@@ -63,8 +63,11 @@ class LossyProxy:
                 server_r, server_w = await asyncio.open_unix_connection(self._socket)
             else:
                 server_r, server_w = await asyncio.open_connection(*self._target)
-            await self._session(client_r, client_w, server_r, server_w)
-        except (ConnectionError, asyncio.IncompleteReadError):
+            try:
+                await self._session(client_r, client_w, server_r, server_w)
+            finally:
+                server_w.close()
+        except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             self._tasks.discard(task)
@@ -90,14 +93,18 @@ class LossyProxy:
             await server_w.drain()
             break
         losing = asyncio.Event()
-        upstream = asyncio.create_task(self._frontend(client_r, server_w, losing))
+        directions = [
+            asyncio.create_task(self._frontend(client_r, server_w, losing)),
+            asyncio.create_task(self._backend(server_r, client_w, losing)),
+        ]
         try:
-            await self._backend(server_r, client_w, losing)
+            # Either side hanging up ends the session: a client gone without Terminate must not leave a server
+            # session (and whatever locks it holds) behind.
+            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            upstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await upstream
-            server_w.close()
+            for direction in directions:
+                direction.cancel()
+            await asyncio.gather(*directions, return_exceptions=True)
 
     async def _frontend(
         self, client_r: asyncio.StreamReader, server_w: asyncio.StreamWriter, losing: asyncio.Event
