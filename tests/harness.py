@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,14 @@ SENTIMENT = ["positive", "negative", "neutral"]
 JOB_WORKER = {"CASCADE_RUN_WORKER": "true", "CASCADE_JOB_POLL_S": 0.05, "CASCADE_JOB_PAUSE_RECHECK_S": 0.2}
 ADMIN_KEY = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
+    """Wait on an event the test cannot be told about (polled), not on a guess at how long it takes."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"never happened within {timeout_s:g}s: {what}"
+        await asyncio.sleep(0.02)
 
 
 def service_settings(database_url: str, sim: Simulator, **overrides: Any) -> Settings:

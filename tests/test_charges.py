@@ -25,7 +25,7 @@ from service.settings import Settings
 from service.tables import Attempt
 from service.teams import Teams
 from service.upstream import read_message
-from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row
+from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row, until
 from tests.wire import LossyProxy
 
 
@@ -50,21 +50,17 @@ async def _sweeper_settles(db: Database, attempt_id: int, locked: asyncio.Event,
         await release.wait()
 
 
-async def lock_waiter(db: Database, timeout_s: float = 30) -> None:
+async def lock_waiter(db: Database) -> None:
     """Until a statement of this database waits on a row lock."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
+
+    async def waiting() -> bool:
         async with db.transaction() as session:
-            waiting = await session.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
-        if waiting:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "no statement ever waited on the lock"
-        await asyncio.sleep(0.02)
+            return bool(await session.scalar(text(query)))
+
+    await until(waiting, "a statement waiting on the lock")
 
 
 async def test_settle_that_waited_on_the_sweeper_reports_the_sweepers_charge(

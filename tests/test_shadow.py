@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from service.tables import Attempt, Request
 from service.teams import Teams
-from tests.harness import Service, assert_ledger_invariants
+from tests.harness import Service, assert_ledger_invariants, until
 from tests.test_tasks import classify_task, put_task
 
 
@@ -89,10 +89,11 @@ async def test_a_shadow_call_is_refused_by_a_cap_like_any_other_spend(service: S
     await Teams(service.db).set_caps("team-a", spent + cheap_reserve * Decimal("1.3"), None, datetime.now(UTC).date())
     response = await classify_task(service, "Good. {{sim:cheap=conf=0.99}}", "always")
     assert response.status_code == 200 and not response.json()["escalated"]
+
     # The shadow call runs after the response: wait until it has been refused, then look at the ledger.
-    deadline = asyncio.get_running_loop().time() + 30
-    while 'cascade_shadow_requests_total{result="refused"} 1.0' not in (await service.client.get("/metrics")).text:
-        assert asyncio.get_running_loop().time() < deadline, "the shadow call was never refused"
-        await asyncio.sleep(0.05)
+    async def refused() -> bool:
+        return 'cascade_shadow_requests_total{result="refused"} 1.0' in (await service.client.get("/metrics")).text
+
+    await until(refused, "the shadow call refused")
     assert await shadow_attempts(service) == []
     await assert_ledger_invariants(service.db)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from service.database import Database
 from service.simulator import Simulator
 from service.tables import Attempt, Request
-from tests.harness import SENTIMENT, assert_ledger_invariants
+from tests.harness import SENTIMENT, assert_ledger_invariants, until
 from tests.test_cli import CASCADE, clean_env, free_port, run
 
 TEXT = "The kettle boils fast and the lid shuts well."
@@ -115,13 +115,13 @@ async def terminate_under_load(
         assert scrapes == [8.0] * 4
 
         clients = [asyncio.create_task(load(url, key, behaviour, stop, ok, failed)) for _ in range(24)]
+
         # Signal once every client has had a call reach the simulator (waiting on the event, not on a guess at
         # how long that takes: on a busy machine the database may take seconds to admit 24 reservations).
-        deadline = time.monotonic() + 30
-        while len(sim.calls) < 8 + 24:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        async def all_in_flight() -> bool:
+            return len(sim.calls) >= 8 + 24
+
+        await until(all_in_flight, "every client's call at the simulator")
         in_flight_at_signal = len(sim.calls)
         stop.set()
         server.send_signal(signal.SIGTERM)
