@@ -4,6 +4,7 @@ across 3 teams, caps that refuse about half the demand; with PostgreSQL restarts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ from service.simulator.corpus import LABEL_SETS, SAMPLES
 from service.tables import Attempt, Cap, Request
 from service.teams import Teams
 from tests.cluster import Cluster
-from tests.harness import assert_ledger_invariants
+from tests.harness import assert_ledger_invariants, until
 
 CASCADE = str(Path(sys.executable).parent / "cascade")
 CLIENTS = 200
@@ -297,18 +298,25 @@ async def test_replicas_recover_from_postgres_restarts(fleet: Fleet) -> None:
 
 async def test_a_killed_replicas_reservations_are_swept(fleet: Fleet) -> None:
     async def kill_one_replica() -> None:
-        # Kill it while reservations are held (the load spreads requests evenly over the replicas), so that the
-        # sweeper has something of the dead replica's to take; a fixed delay could land after the caps are spent.
-        await asyncio.sleep(0.5)
-        for _ in range(500):
-            async with fleet.db.transaction() as session:
-                held = (await session.scalars(select(Attempt.id).where(Attempt.state == "reserved"))).all()
-            if len(held) >= 30:
-                break
-            await asyncio.sleep(0.01)
-        fleet.processes[0].send_signal(signal.SIGKILL)
-        await fleet.processes[0].wait()
-        killed_at.append(utcnow())
+        # Kill it while it holds reservations of its own: a few slow calls sent to it alone, seen at the simulator
+        # (so reserved by this replica), then SIGKILL; the survivors' sweepers must take them.
+        marker = "{{sim:cheap=slow:30+conf=0.97}} held by the doomed replica"
+
+        async def slow(http: httpx.AsyncClient, n: int) -> None:
+            body = {"text": f"{marker} #{n}", "labels": LABEL_SETS["sentiment"]}
+            with contextlib.suppress(httpx.TransportError):
+                await http.post(f"{fleet.urls[0]}/v1/classify", json=body, headers={"x-api-key": fleet.keys[TEAMS[0]]})
+
+        async def reserved() -> bool:
+            return sum(1 for c in fleet.sim.calls if "held by the doomed replica" in c.text) >= 3
+
+        async with httpx.AsyncClient(timeout=60) as http:
+            doomed = [asyncio.create_task(slow(http, n)) for n in range(3)]
+            await until(reserved, "the doomed replica's calls at the simulator")
+            fleet.processes[0].send_signal(signal.SIGKILL)
+            await fleet.processes[0].wait()
+            killed_at.append(utcnow())
+            await asyncio.gather(*doomed)
 
     killed_at: list[object] = []
     outcome = Outcome()
