@@ -14,7 +14,7 @@ COPY service ./service
 COPY migrations ./migrations
 COPY alembic.ini README.md ./
 # The project stays an editable install (the default): `cascade migrate` finds the migrations next to the
-# `service` package (service/schema.py), which a --no-editable install into site-packages would leave behind.
+# `service` package (service/core/schema.py), which a --no-editable install into site-packages would leave behind.
 RUN uv sync --frozen --no-dev --no-cache \
  && python -m compileall -q service
 

@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service import schema
-from service.embedded import asyncpg_url, start_embedded
+from service.core import schema
+from service.core.embedded import asyncpg_url, start_embedded
 
 
 def admin_url_for(args: argparse.Namespace) -> str:

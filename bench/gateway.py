@@ -48,13 +48,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service import schema
-from service.catalog import Catalog
-from service.database import Database
-from service.keys import issue_key
-from service.prompt import Task, build_request
-from service.settings import Settings
+from service.cascade.prompt import Task, build_request
+from service.core import schema
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.catalog import Catalog
 from service.simulator import behaviour, corpus
+from service.tenancy.keys import issue_key
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().with_name("classify.lua")
@@ -237,7 +237,7 @@ def cascade_argv() -> list[str]:
     script = Path(sys.executable).parent / "cascade"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from service.cli import main; sys.argv[0] = 'cascade'; main()"]
+    return [sys.executable, "-c", "import sys; from service.cli.main import main; sys.argv[0] = 'cascade'; main()"]
 
 
 def wait_for(check: Any, proc: Proc, timeout: float, what: str) -> None:
@@ -523,7 +523,7 @@ def write_workload(settings: Settings, args: argparse.Namespace, work: Path) -> 
         chosen, answer = choose_text(settings, args.seed)
     service_body = work / "classify.json"
     service_body.write_text(json.dumps({"text": chosen, "labels": list(LABELS)}))
-    # The very body the service sends upstream for this text (service.prompt.build_request).
+    # The very body the service sends upstream for this text (service.cascade.prompt.build_request).
     upstream = build_request(Catalog().model(settings.cheap_model), Task(LABELS), chosen).body
     direct_body = work / "messages.json"
     direct_body.write_text(json.dumps(upstream))

@@ -31,9 +31,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service.database import Database
-from service.keys import issue_key
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
+from service.tenancy.keys import issue_key
 
 DB_NAME = "cascade_bench_jobs"
 LABELS = ("positive", "negative", "neutral")

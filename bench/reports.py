@@ -10,8 +10,8 @@ The bench creates a database of its own, `cascade_bench` (dropped and recreated 
 the end unless `--keep`), migrates it with the project's alembic, and seeds it with set-based SQL: requests over the
 last 30 days, ~1.3 attempts each (a quarter escalated, a few retries, timeouts charged at their reservation), three
 teams, twenty tasks, cap rows, and every cost computed from the catalog's price rows. It then times the real service
-code (`service.reports.Reports`, `service.audit.list_requests` / `export_requests`): one warm-up, then the median of
-`--runs` runs. It prints numbers only; nothing here fails on a slow figure.
+code (`service.reports.service.Reports`, `service.reports.audit.list_requests` / `export_requests`): one
+warm-up, then the median of `--runs` runs. It prints numbers only; nothing here fails on a slow figure.
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service import schema
 from service.api.reports import _csv  # the CSV formatter of GET /v1/requests?format=csv
-from service.audit import Cursor, RequestFilter, export_requests, list_requests
-from service.caps import UNCAPPED
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
-from service.keys import Scope
-from service.prompt import Task, build_request
-from service.reports import (
+from service.cascade.prompt import Task, build_request
+from service.core import schema
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.caps import UNCAPPED
+from service.money.catalog import Catalog, TokenUsage
+from service.reports.audit import Cursor, RequestFilter, export_requests, list_requests
+from service.reports.service import (
     Reports,
     Window,
     _attempt_cost_sql,
@@ -51,7 +51,7 @@ from service.reports import (
     _request_cost_sql,
     day_window,
 )
-from service.settings import Settings
+from service.tenancy.keys import Scope
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "cascade_bench"

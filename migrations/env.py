@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.database import resolve_url
-from service.settings import Settings
+from service.core.database import resolve_url
+from service.core.settings import Settings
 from service.tables import Base
 
 config = context.config

@@ -8,23 +8,23 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from service import schema
-from service.budget import Budget, utcnow
-from service.cascade import Cascade
-from service.catalog import Catalog
-from service.database import Database
-from service.errors import ConfigurationError, DatabaseUnavailable
-from service.idempotency import Idempotency
-from service.jobs import Jobs
-from service.metrics import Metrics
-from service.ratelimit import RateLimiter
-from service.reports import Reports
-from service.response_cache import ResponseCache
-from service.settings import Settings
-from service.tasks import Tasks
-from service.teams import Teams
-from service.upstream import Upstream
-from service.worker import Worker
+from service.cascade.response_cache import ResponseCache
+from service.cascade.service import Cascade
+from service.cascade.upstream import Upstream
+from service.core import schema
+from service.core.database import Database
+from service.core.errors import ConfigurationError, DatabaseUnavailable
+from service.core.metrics import Metrics
+from service.core.settings import Settings
+from service.jobs.service import Jobs
+from service.jobs.worker import Worker
+from service.money.budget import Budget, utcnow
+from service.money.catalog import Catalog
+from service.reports.service import Reports
+from service.tasks.service import Tasks
+from service.tenancy.idempotency import Idempotency
+from service.tenancy.ratelimit import RateLimiter
+from service.tenancy.teams import Teams
 
 logger = logging.getLogger(__name__)
 

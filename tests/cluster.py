@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from service.embedded import start_embedded
+from service.core.embedded import start_embedded
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

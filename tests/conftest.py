@@ -13,15 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import schema
-from service.budget import Budget
-from service.catalog import Catalog
-from service.database import Database
-from service.embedded import asyncpg_url, start_embedded
-from service.keys import issue_key
-from service.settings import Settings
+from service.core import schema
+from service.core.database import Database
+from service.core.embedded import asyncpg_url, start_embedded
+from service.core.settings import Settings
+from service.money.budget import Budget
+from service.money.catalog import Catalog
 from service.simulator import Simulator
 from service.tables import table_names
+from service.tenancy.keys import issue_key
 from tests.harness import ADMIN_KEY, JOB_WORKER, NOON, Clock, Service, running_service, service_settings, team_id_of
 
 

@@ -17,12 +17,12 @@ from sqlalchemy import select
 
 from service.api.app import create_app
 from service.api.server import serving
-from service.budget import AttemptPlan
-from service.database import Database
-from service.keys import issue_key
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.budget import AttemptPlan
 from service.simulator import Simulator
 from service.tables import Attempt, Cap, Request, Team
+from service.tenancy.keys import issue_key
 
 SENTIMENT = ["positive", "negative", "neutral"]
 # The job worker inside the service, looking for work and rechecking paused jobs often (tests only).

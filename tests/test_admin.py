@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service.budget import utcnow
-from service.database import Database
+from service.core.database import Database
+from service.money.budget import utcnow
 from service.tables import Attempt, Request
 from tests.harness import (
     ADMIN,

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from service.budget import utcnow
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.budget import utcnow
+from service.money.catalog import Catalog, TokenUsage
 from service.simulator import Simulator
 from service.tables import Request
-from service.teams import Teams
+from service.tenancy.teams import Teams
 from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
 
 MONEY_SUFFIXES = ("_usd", "_per_mtok")

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import httpx
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator
 from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, caps, running_service
 

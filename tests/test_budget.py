@@ -10,10 +10,10 @@ from decimal import Decimal
 
 import pytest
 
-from service.budget import AttemptPlan, Budget, Settlement
-from service.catalog import TokenUsage
-from service.database import Database
-from service.errors import CostCapExceeded
+from service.core.database import Database
+from service.core.errors import CostCapExceeded
+from service.money.budget import AttemptPlan, Budget, Settlement
+from service.money.catalog import TokenUsage
 from service.tables import Attempt, Cap, Request
 from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row
 

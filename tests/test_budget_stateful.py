@@ -43,12 +43,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select, text
 
-from service.budget import AttemptPlan, Budget, Reservation, Settlement
-from service.caps import UNCAPPED, CapKey, TeamCaps
-from service.catalog import MILLION, Catalog, TokenUsage
-from service.database import Database
-from service.errors import ConfigurationError, CostCapExceeded
-from service.settings import Settings
+from service.core.database import Database
+from service.core.errors import ConfigurationError, CostCapExceeded
+from service.core.settings import Settings
+from service.money.budget import AttemptPlan, Budget, Reservation, Settlement
+from service.money.caps import UNCAPPED, CapKey, TeamCaps
+from service.money.catalog import MILLION, Catalog, TokenUsage
 from service.tables import Attempt, Cap, Request, Team, table_names
 
 T = TypeVar("T")

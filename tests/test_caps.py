@@ -10,11 +10,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from service.budget import utcnow
-from service.catalog import Catalog
-from service.database import Database
-from service.prompt import Task, build_request
-from service.settings import Settings
+from service.cascade.prompt import Task, build_request
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.budget import utcnow
+from service.money.catalog import Catalog
 from service.simulator import Simulator, SimulatorConfig
 from tests.harness import SENTIMENT, assert_ledger_invariants, caps, running_service
 

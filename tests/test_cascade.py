@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.catalog import Catalog, TokenUsage
 from service.simulator import Simulator
 from service.tables import Attempt
 from tests.harness import Service, assert_ledger_invariants, running_service

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from service.api.app import create_app
-from service.catalog import Catalog, TokenUsage
-from service.errors import ConfigurationError
-from service.settings import Settings
+from service.core.errors import ConfigurationError
+from service.core.settings import Settings
+from service.money.catalog import Catalog, TokenUsage
 
 HAIKU_45 = "claude-haiku-4-5-20251001"
 SONNET_45 = "claude-sonnet-4-5-20250929"

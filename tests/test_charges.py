@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from service.budget import Budget, Settlement
-from service.caps import CapRepository
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
-from service.errors import CostCapExceeded, DatabaseUnavailable
-from service.ledger import LedgerRepository
-from service.settings import Settings
+from service.cascade.upstream import read_message
+from service.core.database import Database
+from service.core.errors import CostCapExceeded, DatabaseUnavailable
+from service.core.settings import Settings
+from service.money.budget import Budget, Settlement
+from service.money.caps import CapRepository
+from service.money.catalog import Catalog, TokenUsage
+from service.money.ledger import LedgerRepository
 from service.tables import Attempt
-from service.teams import Teams
-from service.upstream import read_message
+from service.tenancy.teams import Teams
 from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row, until
 from tests.wire import LossyProxy
 

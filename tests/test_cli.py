@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from service.database import Database
-from service.keys import hash_key
+from service.core.database import Database
 from service.simulator import Simulator
 from service.tables import ApiKey
+from service.tenancy.keys import hash_key
 from tests.harness import ADMIN, SENTIMENT, Service
 
 CASCADE = str(Path(sys.executable).parent / "cascade")

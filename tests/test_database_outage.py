@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service import schema
-from service.database import Database
-from service.settings import Settings
+from service.core import schema
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator
 from tests.cluster import Cluster
 from tests.harness import running_service

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
+from service.core.database import Database
+from service.money.catalog import Catalog, TokenUsage
 from service.tables import Attempt, Cap, Request
 
 CASCADE = str(Path(sys.executable).parent / "cascade")

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service import schema
-from service.settings import Settings
+from service.core import schema
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -91,9 +91,9 @@ def test_dockerfile_builds_in_one_stage_and_runs_in_a_slim_one(dockerfile: list[
 
 
 def test_runtime_has_the_migrations_where_cascade_migrate_looks(dockerfile: list[list[tuple[str, str]]]) -> None:
-    # service/schema.py finds the migrations next to the `service` package, so the project is installed editable
+    # service/core/schema.py finds the migrations next to the `service` package, so the project is installed editable
     # (a --no-editable install would put `service` into site-packages, away from them) and both are copied.
-    beside_the_package = Path(schema.__file__).resolve().parent.parent
+    beside_the_package = Path(schema.__file__).resolve().parents[2]
     assert beside_the_package / "migrations" == schema.MIGRATIONS
     runtime = dockerfile[-1]
     targets = [arguments.split()[-1].rstrip("/") for kw, arguments in runtime if kw == "COPY"]
@@ -532,7 +532,7 @@ def test_a_compose_implementation_accepts_the_file(validator: list[str], tmp_pat
 
 
 def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "")

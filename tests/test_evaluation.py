@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator.corpus import SAMPLES
 from service.tables import Attempt, EvalItem, EvalRun, Request
-from service.tasks import Tasks, TaskSpec
+from service.tasks.service import Tasks, TaskSpec
 from tests.harness import SENTIMENT, assert_ledger_invariants
 from tests.test_cli import clean_env, run
 
@@ -26,8 +26,8 @@ Q = Decimal("0.000001")
 
 
 async def make_task(db: Database, settings: Settings, team: str, name: str, labels: list[str]) -> None:
-    from service.catalog import Catalog
-    from service.keys import issue_key
+    from service.money.catalog import Catalog
+    from service.tenancy.keys import issue_key
     from tests.harness import team_id_of
 
     await issue_key(db, team)
@@ -168,7 +168,7 @@ async def test_a_simulated_evaluation_is_refused_on_a_configured_database_unless
 async def test_a_cap_stops_an_evaluation_and_every_paid_item_is_stored(
     database_url: str, db: Database, make_settings: Any, tmp_path: Path
 ) -> None:
-    from service.teams import Teams
+    from service.tenancy.teams import Teams
 
     settings = make_settings()
     await make_task(db, settings, "evals", "sentiment", SENTIMENT)

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select
 
-from service.budget import utcnow
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.budget import utcnow
 from service.simulator import Simulator
 from service.tables import Attempt, IdempotencyKey, Request
-from service.teams import Teams
+from service.tenancy.teams import Teams
 from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service
 
 CONFIDENT = "{{sim:cheap=conf=0.95}} The blender arrived on time and works fine."

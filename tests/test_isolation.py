@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.database import Database
+from service.core.database import Database
 from service.tables import Attempt, Team
 from tests.harness import ADMIN, SENTIMENT, Service, assert_error, assert_ledger_invariants
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from service.database import Database
+from service.core.database import Database
 from service.simulator import SimulatorConfig
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants
 from tests.test_cli import CASCADE, clean_env

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator
 from service.tables import Job, JobBatch
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service

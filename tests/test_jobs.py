@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator, SimulatorConfig
 from service.tables import Attempt, Cap, JobBatch, Request
-from service.teams import Teams
+from service.tenancy.teams import Teams
 from tests.harness import (
     JOB_WORKER,
     SENTIMENT,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from service.database import Database
-from service.logs import ACCESS_LOGGER, JsonFormatter
-from service.settings import Settings
+from service.core.database import Database
+from service.core.logs import ACCESS_LOGGER, JsonFormatter
+from service.core.settings import Settings
 from service.simulator import Simulator
 from tests.harness import Service, running_service
 

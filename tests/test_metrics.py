@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator
 from service.tables import Attempt, Cap, Request
 from tests.harness import Service, running_service

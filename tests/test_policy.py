@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from service.policy import Answer, Defect, EscalationReason, Unavailable, escalation, read_answer
+from service.cascade.policy import Answer, Defect, EscalationReason, Unavailable, escalation, read_answer
 
 LABELS = ("positive", "negative", "neutral")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.catalog import Catalog
-from service.prompt import MessageRequest, Task, build_request
+from service.cascade.prompt import MessageRequest, Task, build_request
+from service.money.catalog import Catalog
 
 CATALOG = Catalog()
 HAIKU_45 = CATALOG.model("claude-haiku-4-5-20251001")

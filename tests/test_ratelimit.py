@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from service.database import Database
-from service.settings import Settings
+from service.core.database import Database
+from service.core.settings import Settings
 from service.simulator import Simulator
 from service.tables import Attempt, IdempotencyKey, Request
 from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service

@@ -20,15 +20,15 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service import schema
-from service.budget import utcnow
-from service.database import Database
-from service.keys import issue_key
-from service.settings import Settings
+from service.core import schema
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.budget import utcnow
 from service.simulator import Simulator, SimulatorConfig
 from service.simulator.corpus import LABEL_SETS, SAMPLES
 from service.tables import Attempt, Cap, Request
-from service.teams import Teams
+from service.tenancy.keys import issue_key
+from service.tenancy.teams import Teams
 from tests.cluster import Cluster
 from tests.harness import assert_ledger_invariants, until
 

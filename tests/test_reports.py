@@ -3,7 +3,7 @@
 A realistic workload goes through the real service (two teams, two tasks, two model pairs, every escalation
 reason, failures after escalation, a cap refusal); some of its requests are then moved in time with SQL, so that
 windows can start and end exactly on them. The expected reports are computed here from the `requests` and
-`attempts` rows with exact arithmetic (Fraction, half-even rounding), never with service.reports, and compared
+`attempts` rows with exact arithmetic (Fraction, half-even rounding), never with service.reports.service, and compared
 with the API's decimal strings.
 """
 
@@ -30,11 +30,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import schema
-from service.audit import COLUMNS
-from service.catalog import Catalog, TokenUsage
-from service.database import Database
-from service.settings import Settings
+from service.core import schema
+from service.core.database import Database
+from service.core.settings import Settings
+from service.money.catalog import Catalog, TokenUsage
+from service.reports.audit import COLUMNS
 from service.simulator import Simulator
 from tests.harness import (
     ADMIN,

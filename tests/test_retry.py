@@ -11,8 +11,8 @@ import httpx2
 import pytest
 from tenacity import AsyncRetrying, Future, RetryCallState
 
-from service.retry import MIN_ATTEMPT_S, Deadline, FullJitter, retrying
-from service.upstream import UpstreamFailure, retry_after
+from service.cascade.retry import MIN_ATTEMPT_S, Deadline, FullJitter, retrying
+from service.cascade.upstream import UpstreamFailure, retry_after
 
 
 def failure(status: int | None = 529, retry_after_s: float | None = None) -> UpstreamFailure:

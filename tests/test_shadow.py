@@ -11,7 +11,7 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from service.tables import Attempt, Request
-from service.teams import Teams
+from service.tenancy.teams import Teams
 from tests.harness import Service, assert_ledger_invariants, until
 from tests.test_tasks import classify_task, put_task
 

@@ -15,7 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from service.database import Database
+from service.core.database import Database
 from service.simulator import Simulator
 from service.tables import Attempt, Request
 from tests.harness import SENTIMENT, assert_ledger_invariants, until

@@ -10,8 +10,8 @@ import anthropic
 import httpx
 import pytest
 
-from service.catalog import Catalog
-from service.prompt import Task, build_request
+from service.cascade.prompt import Task, build_request
+from service.money.catalog import Catalog
 from service.simulator import Simulator, SimulatorConfig
 
 HAIKU = Catalog().model("claude-haiku-4-5-20251001")

@@ -56,8 +56,8 @@ def _backfill_counterfactual() -> None:
 
     The prices live in the catalog (code, dated rows), so this runs in Python, a batch at a time.
     """
-    from service.catalog import Catalog, TokenUsage
-    from service.errors import ConfigurationError
+    from service.core.errors import ConfigurationError
+    from service.money.catalog import Catalog, TokenUsage
 
     catalog = Catalog()
     conn = op.get_bind()

@@ -12,13 +12,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from service.api import admin, batch, classify, dashboard, health, jobs, metrics, reports, requests, spend, tasks
+from service.api import admin, batch, classify, health, jobs, metrics, reports, requests, spend, tasks
+from service.api.dashboard import pages as dashboard
+from service.api.dashboard.session import SessionSigner
 from service.api.dependencies import provide_caller, provide_reader, provide_request_id, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.middleware import RequestIdMiddleware
-from service.api.session import SessionSigner
+from service.core.settings import Settings
 from service.runtime import Runtime
-from service.settings import Settings
 
 
 def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Litestar:
@@ -77,8 +78,8 @@ def create_app(settings: Settings, db_url: str, *, sweeper: bool = True) -> Lite
 
 def app_from_env() -> Litestar:
     """Factory for `cascade serve` (uvicorn imports it in every worker)."""
-    from service import logs
-    from service.database import resolve_url
+    from service.core import logs
+    from service.core.database import resolve_url
 
     settings = Settings()
     logs.configure(settings.log_level)  # a worker process starts with no logging of its own

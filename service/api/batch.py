@@ -14,14 +14,14 @@ from litestar.params import JSONBody
 from service.api.classify import classification_out, idempotency_key, idempotently, task_of, to_command
 from service.api.errors import documented, error_details
 from service.api.schemas import BatchIn, BatchItemOut, BatchOut, ClassifyIn, ErrorBody
-from service.batch import BatchItem, BatchRunner, ItemOutcome
-from service.errors import InvalidInput
-from service.idempotency import body_hash
-from service.keys import Caller
-from service.logs import annotate
+from service.cascade.batch import BatchItem, BatchRunner, ItemOutcome
+from service.core.errors import InvalidInput
+from service.core.logs import annotate
+from service.core.settings import Settings
 from service.runtime import Runtime
-from service.settings import Settings
 from service.tables import TaskVersion
+from service.tenancy.idempotency import body_hash
+from service.tenancy.keys import Caller
 
 _RESPONSES = documented(400, 401, 409, 413, 422, 503)
 

@@ -16,17 +16,17 @@ from pydantic import BaseModel
 
 from service.api.errors import documented, error_details
 from service.api.schemas import AttemptOut, BatchIn, ClassifyIn, ClassifyOut, Tokens
-from service.cascade import AttemptRecord, Classification, ClassifyCommand
-from service.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
-from service.idempotency import body_hash
-from service.keys import Caller
-from service.logs import annotate
-from service.prompt import Task, text_problem
-from service.response_cache import cache_key
+from service.cascade.prompt import Task, text_problem
+from service.cascade.response_cache import cache_key
+from service.cascade.service import AttemptRecord, Classification, ClassifyCommand
+from service.core.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
+from service.core.logs import annotate
+from service.core.settings import Settings
 from service.runtime import Runtime
-from service.settings import Settings
 from service.tables import TaskVersion
-from service.tasks import as_task, check_labels
+from service.tasks.service import as_task, check_labels
+from service.tenancy.idempotency import body_hash
+from service.tenancy.keys import Caller
 
 Out = TypeVar("Out", bound=BaseModel)
 

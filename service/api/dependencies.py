@@ -10,9 +10,9 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from service.errors import Unauthorized
-from service.keys import Caller, Scope, authenticate, reader_scope
+from service.core.errors import Unauthorized
 from service.runtime import Runtime
+from service.tenancy.keys import Caller, Scope, authenticate, reader_scope
 
 
 def provide_runtime(state: State) -> Runtime:

@@ -13,7 +13,7 @@ from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from service.api.schemas import ErrorOut
-from service.errors import CascadeError, CostCapExceeded, InvalidInput, Replayed
+from service.core.errors import CascadeError, CostCapExceeded, InvalidInput, Replayed
 
 logger = logging.getLogger(__name__)
 

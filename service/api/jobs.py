@@ -1,7 +1,7 @@
 """Bulk jobs: POST /v1/jobs (inline) or /v1/jobs/jsonl (an uploaded JSONL file), then status, results, cancel.
 
-The handlers only parse and shape; service.jobs stores the job and service.worker runs it. Every route is scoped
-to the caller's team (another team's job is a 404).
+The handlers only parse and shape; service.jobs.service stores the job and service.jobs.worker runs it. Every
+route is scoped to the caller's team (another team's job is a 404).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from service.api.schemas import (
     StageCountsOut,
     money_str,
 )
-from service.errors import InvalidInput
-from service.idempotency import body_hash
-from service.jobs import JobSpec, JobStatus, ResultRow, progress
-from service.keys import Caller
-from service.logs import annotate
+from service.core.errors import InvalidInput
+from service.core.logs import annotate
+from service.core.settings import Settings
+from service.jobs.service import JobSpec, JobStatus, ResultRow, progress
 from service.runtime import Runtime
-from service.settings import Settings
+from service.tenancy.idempotency import body_hash
+from service.tenancy.keys import Caller
 
 _SPOOL_BYTES = 16_000_000  # an upload larger than this is spooled to a temporary file
 

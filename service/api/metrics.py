@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from service.metrics import CONTENT_TYPE
+from service.core.metrics import CONTENT_TYPE
 from service.runtime import Runtime
 
 

@@ -10,7 +10,7 @@ import uuid
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.logs import ACCESS_LOGGER, close_fields, open_fields
+from service.core.logs import ACCESS_LOGGER, close_fields, open_fields
 
 logger = logging.getLogger(ACCESS_LOGGER)
 

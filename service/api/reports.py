@@ -15,12 +15,12 @@ from litestar.response import Stream
 
 from service.api.errors import documented
 from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
-from service.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests
-from service.budget import utcnow
-from service.errors import InvalidInput
-from service.keys import Scope
-from service.reports import Window
+from service.core.errors import InvalidInput
+from service.money.budget import utcnow
+from service.reports.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests
+from service.reports.service import Window
 from service.runtime import Runtime
+from service.tenancy.keys import Scope
 
 _READ = documented(401, 403, 404, 422, 503)
 Start = Annotated[

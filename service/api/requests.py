@@ -10,10 +10,10 @@ from litestar.params import FromPath
 
 from service.api.errors import documented
 from service.api.schemas import AuditAttemptOut, PriceOut, RequestAuditOut, Tokens
-from service.audit import request_audit
-from service.keys import Scope
+from service.reports.audit import request_audit
 from service.runtime import Runtime
 from service.tables import Attempt
+from service.tenancy.keys import Scope
 
 
 def audit_attempt_out(a: Attempt) -> AuditAttemptOut:

@@ -7,10 +7,10 @@ from litestar.di import NamedDependency
 
 from service.api.errors import documented
 from service.api.schemas import CapOut, SpendOut
-from service.caps import UNCAPPED
-from service.keys import Caller
+from service.money.caps import UNCAPPED
 from service.runtime import Runtime
 from service.tables import Cap
+from service.tenancy.keys import Caller
 
 
 def cap_out(cap: Cap) -> CapOut:

@@ -1,4 +1,4 @@
-"""/v1/tasks: a team's named, versioned tasks. The handlers parse and shape; service.tasks does the rest."""
+"""/v1/tasks: a team's named, versioned tasks. The handlers parse and shape; service.tasks.service does the rest."""
 
 from __future__ import annotations
 
@@ -22,16 +22,16 @@ from service.api.schemas import (
     TaskSummaryOut,
     TaskVersionSummary,
 )
-from service.budget import utcnow
-from service.calibration import Calibration, calibration
-from service.errors import InvalidInput
-from service.keys import Caller
-from service.logs import annotate
-from service.prompt import Example
-from service.reports import Window
+from service.cascade.prompt import Example
+from service.core.errors import InvalidInput
+from service.core.logs import annotate
+from service.money.budget import utcnow
+from service.reports.service import Window
 from service.runtime import Runtime
 from service.tables import TaskVersion
-from service.tasks import new_spec
+from service.tasks.calibration import Calibration, calibration
+from service.tasks.service import new_spec
+from service.tenancy.keys import Caller
 
 
 def task_out(version: TaskVersion, versions: list[TaskVersion] | None = None) -> TaskOut:

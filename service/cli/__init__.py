@@ -1,0 +1,1 @@
+"""The `cascade` command: one module per family of commands."""

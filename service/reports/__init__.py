@@ -1,0 +1,1 @@
+"""Reports for platform and finance owners: escalations, costs, histograms, audits and the run report."""

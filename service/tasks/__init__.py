@@ -1,0 +1,1 @@
+"""Named tasks: versions, calibration from shadow samples, offline evaluation and its plot."""

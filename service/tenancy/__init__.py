@@ -1,0 +1,1 @@
+"""Tenancy: teams, their API keys, Idempotency-Key claims and request rates."""
