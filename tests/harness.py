@@ -203,3 +203,20 @@ def request_row(p: AttemptPlan, now: datetime) -> dict[str, object]:
         "strong_model": "s",
         "created_at": now,
     }
+
+
+async def put_task(service: Service, name: str, **body: Any) -> httpx.Response:
+    return await service.client.put(f"/v1/tasks/{name}", json={"labels": SENTIMENT, **body}, headers=service.auth)
+
+
+async def classify_task(service: Service, text: str, task: str, **fields: Any) -> httpx.Response:
+    return await service.client.post("/v1/classify", json={"text": text, "task": task, **fields}, headers=service.auth)
+
+
+async def settled(service: Service, timeout_s: float = 30) -> None:
+    """Until no shadow call is in flight: they run after the responses, so wait for a quiet ledger."""
+    deadline, quiet = asyncio.get_running_loop().time() + timeout_s, 0
+    while quiet < 3:
+        assert asyncio.get_running_loop().time() < deadline, "shadow calls still in flight"
+        await asyncio.sleep(0.1)
+        quiet = 0 if any(a.state == "reserved" for a in await service.attempts()) else quiet + 1

@@ -11,8 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.tables import Attempt
-from tests.harness import Service, assert_ledger_invariants
-from tests.test_tasks import classify_task, put_task
+from tests.harness import Service, assert_ledger_invariants, classify_task, put_task
 
 HAIKU_45 = {"input": "1.00", "cache_write_5m": "1.25", "cache_write_1h": "2.00", "cache_read": "0.10", "output": "5.00"}
 # About 6,600 tokens of examples: past Haiku 4.5's minimum cacheable prefix of 4,096 tokens.

@@ -17,9 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from service.tables import Attempt, Request
-from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants
-from tests.test_shadow import settled
-from tests.test_tasks import classify_task, put_task
+from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, classify_task, put_task, settled
 
 Q = Decimal("0.000001")
 

@@ -6,8 +6,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -27,39 +26,9 @@ from tests.harness import (
     assert_error,
     assert_ledger_invariants,
     running_service,
-    service_settings,
     team_id_of,
 )
-
-TEXTS = [
-    "I love this product, it works perfectly.",
-    "Terrible. Broke after a day and support ignored me.",
-    "It arrived on Tuesday.",
-    "Not sure how I feel about the new colour.",
-    "Best purchase this year!",
-    "Meh.",
-]
-
-
-@asynccontextmanager
-async def own_simulator(
-    database_url: str, db: Database, config: SimulatorConfig, **overrides: Any
-) -> AsyncIterator[Service]:
-    """The service with its worker, against a simulator of its own (the session's `sim` is left as it is)."""
-    async with Simulator(config) as simulator:
-        settings = service_settings(database_url, simulator, **(JOB_WORKER | overrides))
-        async with running_service(settings, database_url, db, simulator) as running:
-            yield running
-
-
-async def post_jsonl(service: Service, upload: bytes, **headers: str) -> httpx.Response:
-    """POST /v1/jobs/jsonl with the sentiment labels."""
-    return await service.client.post(
-        "/v1/jobs/jsonl",
-        params=[("labels", label) for label in SENTIMENT],
-        content=upload,
-        headers=service.auth | {"Content-Type": "application/x-ndjson"} | headers,
-    )
+from tests.jobs.harness import items, own_simulator, post_jsonl, results, wait_for
 
 
 async def create(service: Service, body: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -77,31 +46,6 @@ def sends(sim: Simulator, job_id: str) -> Counter[tuple[str, int]]:
         for call in sim.calls
         if call.endpoint == "batch" and call.custom_id and call.custom_id.startswith(prefix)
     )
-
-
-async def wait_for(
-    service: Service, job_id: str, *, until: tuple[str, ...] = ("done",), timeout_s: float = 60
-) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        response = await service.client.get(f"/v1/jobs/{job_id}", headers=service.auth)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        if body["status"] in until:
-            return body
-        assert asyncio.get_running_loop().time() < deadline, f"job still {body['status']}: {body}"
-        await asyncio.sleep(0.05)
-
-
-async def results(service: Service, job_id: str) -> list[dict[str, Any]]:
-    response = await service.client.get(f"/v1/jobs/{job_id}/results", headers=service.auth)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("application/x-ndjson")
-    return [json.loads(line) for line in response.text.splitlines()]
-
-
-def items(n: int) -> list[dict[str, str]]:
-    return [{"id": f"item-{i}", "text": f"{TEXTS[i % len(TEXTS)]} (#{i})"} for i in range(n)]
 
 
 async def test_a_job_runs_both_stages_at_batch_prices_and_answers_every_item(jobs_service: Service) -> None:

@@ -20,7 +20,7 @@ from service.simulator.corpus import SAMPLES
 from service.tables import Attempt, EvalItem, EvalRun, Request
 from service.tasks.service import Tasks, TaskSpec
 from tests.harness import SENTIMENT, assert_ledger_invariants
-from tests.test_cli import clean_env, run
+from tests.processes import clean_env, run
 
 Q = Decimal("0.000001")
 

@@ -21,8 +21,8 @@ from service.core.settings import Settings
 from service.simulator import Simulator
 from service.tables import Job, JobBatch
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants, running_service
-from tests.test_cli import CASCADE, clean_env
-from tests.test_jobs import items, post_jsonl, results, wait_for
+from tests.jobs.harness import items, post_jsonl, results, wait_for
+from tests.processes import CASCADE, clean_env
 
 _CUSTOM_ID = re.compile(r"^[0-9a-f]{12}-\d+-(?P<seq>\d+)$")
 

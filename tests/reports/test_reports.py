@@ -448,7 +448,7 @@ def request_key(group_by: str, row: Row, created: str = "created_at") -> Any:
 
 def task_of(requests: list[Row], task_hash: str) -> dict[str, Any]:
     row = next(r for r in requests if r["task_hash"] == task_hash)
-    assert row["task_id"] is None, "this workload's tasks are given inline (tests/test_tasks.py covers named ones)"
+    assert row["task_id"] is None, "this workload's tasks are given inline (tests/tasks covers named ones)"
     return {"labels": row["labels"], "instructions": row["instructions"], "name": None, "version": None}
 
 

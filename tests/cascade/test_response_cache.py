@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from service.tables import Request
-from tests.harness import SENTIMENT, Service, assert_ledger_invariants
-from tests.test_tasks import classify_task, put_task
+from tests.harness import SENTIMENT, Service, assert_ledger_invariants, classify_task, put_task
 
 
 async def upstream_calls(service: Service) -> int:

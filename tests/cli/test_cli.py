@@ -6,13 +6,9 @@ import asyncio
 import csv
 import io
 import json
-import os
 import signal
-import socket
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 from sqlalchemy import select
@@ -22,27 +18,7 @@ from service.simulator import Simulator
 from service.tables import ApiKey
 from service.tenancy.keys import hash_key
 from tests.harness import ADMIN, SENTIMENT, Service
-
-CASCADE = str(Path(sys.executable).parent / "cascade")
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CASCADE_", "DATABASE_URL"))}
-    return env | values
-
-
-async def run(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        CASCADE, *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import CASCADE, clean_env, free_port, run
 
 
 async def test_keys_create_prints_the_key_once_and_stores_only_its_hash(database_url: str, db: Database) -> None:

@@ -5,20 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants
+from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, classify_task, put_task
 
 TOPICS = ["billing", "bug", "feature"]
-
-
-async def put_task(service: Service, name: str, **body: Any) -> httpx.Response:
-    return await service.client.put(f"/v1/tasks/{name}", json={"labels": SENTIMENT, **body}, headers=service.auth)
-
-
-async def classify_task(service: Service, text: str, task: str, **fields: Any) -> httpx.Response:
-    return await service.client.post("/v1/classify", json={"text": text, "task": task, **fields}, headers=service.auth)
 
 
 async def test_a_put_makes_a_version_only_when_the_definition_changes(service: Service) -> None:

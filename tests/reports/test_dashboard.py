@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ADMIN, ADMIN_KEY, Service
-from tests.test_shadow import settled
+from tests.harness import ADMIN, ADMIN_KEY, Service, settled
 
 playwright_api = pytest.importorskip("playwright.async_api")
 

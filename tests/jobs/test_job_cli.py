@@ -13,8 +13,8 @@ from typing import Any
 from service.core.database import Database
 from service.simulator import SimulatorConfig
 from tests.harness import SENTIMENT, Service, assert_ledger_invariants
-from tests.test_cli import CASCADE, clean_env
-from tests.test_jobs import TEXTS, own_simulator, results, wait_for
+from tests.jobs.harness import TEXTS, own_simulator, results, wait_for
+from tests.processes import CASCADE, clean_env
 
 LABELS = ",".join(SENTIMENT)
 _SUMMARY = re.compile(

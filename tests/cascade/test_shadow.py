@@ -12,21 +12,11 @@ from sqlalchemy import select
 
 from service.tables import Attempt, Request
 from service.tenancy.teams import Teams
-from tests.harness import Service, assert_ledger_invariants, until
-from tests.test_tasks import classify_task, put_task
+from tests.harness import Service, assert_ledger_invariants, classify_task, put_task, settled, until
 
 
 async def shadow_attempts(service: Service) -> list[Attempt]:
     return [a for a in await service.attempts() if a.stage == "shadow"]
-
-
-async def settled(service: Service, timeout_s: float = 30) -> None:
-    """Until no shadow call is in flight: they run after the responses, so wait for a quiet ledger."""
-    deadline, quiet = asyncio.get_running_loop().time() + timeout_s, 0
-    while quiet < 3:
-        assert asyncio.get_running_loop().time() < deadline, "shadow calls still in flight"
-        await asyncio.sleep(0.1)
-        quiet = 0 if any(a.state == "reserved" for a in await service.attempts()) else quiet + 1
 
 
 async def test_shadow_calls_follow_the_rate_within_sampling_noise_and_record_agreement(service: Service) -> None:

@@ -19,7 +19,7 @@ from service.core.database import Database
 from service.simulator import Simulator
 from service.tables import Attempt, Request
 from tests.harness import SENTIMENT, assert_ledger_invariants, until
-from tests.test_cli import CASCADE, clean_env, free_port, run
+from tests.processes import CASCADE, clean_env, free_port, run
 
 TEXT = "The kettle boils fast and the lid shuts well."
 

@@ -1,0 +1,1 @@
+"""Bulk jobs over the Message Batches API: the API, the worker, the CLI."""

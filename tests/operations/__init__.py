@@ -1,0 +1,1 @@
+"""Deployment files, replicas, shutdown and database outages."""

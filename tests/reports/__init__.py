@@ -1,0 +1,1 @@
+"""Reports, audits and the dashboard."""

@@ -1,0 +1,1 @@
+"""Named tasks, calibration and offline evaluation."""

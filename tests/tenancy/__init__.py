@@ -1,0 +1,1 @@
+"""Teams, keys, isolation between teams, Idempotency-Key and rate limits."""
