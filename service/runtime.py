@@ -12,13 +12,14 @@ from service.cascade.response_cache import ResponseCache
 from service.cascade.service import Cascade
 from service.cascade.upstream import Upstream
 from service.core import schema
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.errors import ConfigurationError, DatabaseUnavailable
 from service.core.metrics import Metrics
 from service.core.settings import Settings
 from service.jobs.service import Jobs
 from service.jobs.worker import Worker
-from service.money.budget import Budget, utcnow
+from service.money.budget import Budget
 from service.money.catalog import Catalog
 from service.reports.service import Reports
 from service.tasks.service import Tasks

@@ -19,7 +19,7 @@ from service.api.app import create_app
 from service.api.server import serving
 from service.core.database import Database
 from service.core.settings import Settings
-from service.money.budget import AttemptPlan
+from service.money.attempts import AttemptPlan
 from service.simulator import Simulator
 from service.tables import Attempt, Cap, Request, Team
 from service.tenancy.keys import issue_key

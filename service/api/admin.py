@@ -15,8 +15,8 @@ from service.api.dependencies import presented_key
 from service.api.errors import documented
 from service.api.schemas import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut, KeyOut, TeamIn, TeamOut
 from service.api.spend import cap_out
+from service.core.clock import utcnow
 from service.core.errors import Forbidden, Unauthorized
-from service.money.budget import utcnow
 from service.runtime import Runtime
 from service.tables import Cap, Team
 from service.tenancy.keys import authenticate, is_admin_key

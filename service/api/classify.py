@@ -16,9 +16,9 @@ from pydantic import BaseModel
 
 from service.api.errors import documented, error_details
 from service.api.schemas import AttemptOut, BatchIn, ClassifyIn, ClassifyOut, Tokens
+from service.cascade.classification import AttemptRecord, Classification, ClassifyCommand
 from service.cascade.prompt import Task, text_problem
 from service.cascade.response_cache import cache_key
-from service.cascade.service import AttemptRecord, Classification, ClassifyCommand
 from service.core.errors import CascadeError, InvalidInput, Replayed, UpstreamRejected
 from service.core.logs import annotate
 from service.core.settings import Settings

@@ -15,8 +15,8 @@ from litestar.response import Stream
 
 from service.api.errors import documented
 from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
+from service.core.clock import utcnow
 from service.core.errors import InvalidInput
-from service.money.budget import utcnow
 from service.reports.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests
 from service.reports.service import Window
 from service.runtime import Runtime

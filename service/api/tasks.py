@@ -23,9 +23,9 @@ from service.api.schemas import (
     TaskVersionSummary,
 )
 from service.cascade.prompt import Example
+from service.core.clock import utcnow
 from service.core.errors import InvalidInput
 from service.core.logs import annotate
-from service.money.budget import utcnow
 from service.reports.service import Window
 from service.runtime import Runtime
 from service.tables import TaskVersion

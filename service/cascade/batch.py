@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from service.cascade.service import Cascade, Classification, ClassifyCommand
+from service.cascade.classification import Classification, ClassifyCommand
+from service.cascade.service import Cascade
 from service.core.errors import CascadeError
 from service.core.logs import ACCESS_LOGGER, annotate, close_fields, open_fields
 from service.tenancy.ratelimit import RateLimiter

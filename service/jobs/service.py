@@ -13,11 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 from service.cascade.prompt import Task, text_problem, unicode_problem
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.errors import InvalidInput, NotFound
 from service.core.settings import Settings
 from service.jobs.store import ItemCounts, JobStore
-from service.money.budget import utcnow
 from service.tables import Job
 
 _INSERT_ROWS = 10_000

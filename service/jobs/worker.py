@@ -31,11 +31,12 @@ from sqlalchemy import select
 from service.cascade.policy import Answer, Defect, Unavailable, Verdict, escalation, read_answer
 from service.cascade.prompt import Task, build_request
 from service.cascade.upstream import Upstream, UpstreamFailure, read_message
+from service.core.clock import utcnow
 from service.core.errors import CostCapExceeded, DatabaseUnavailable
 from service.core.settings import Settings
 from service.jobs.store import PENDING_STATE, RUNNABLE, SENT_STATE, BatchAttempt, JobStore
 from service.money.batch_charges import BatchHold, HeldItem, ResultLine
-from service.money.budget import Budget, utcnow
+from service.money.budget import Budget
 from service.money.caps import TeamCaps
 from service.money.catalog import Catalog, ModelInfo, PriceRow, TokenUsage
 from service.tables import Job, JobBatch, Team
@@ -451,7 +452,7 @@ class Worker:
             max_tokens = request.max_tokens
             reserved = price.worst_case(request.input_token_bound, request.max_tokens, cache_ttl=request.cache_ttl)
             items.append(
-                HeldItem(seq, len(text), request.input_token_bound, reserved, strong_equiv, _price_columns(price))
+                HeldItem(seq, len(text), request.input_token_bound, reserved, strong_equiv, price.ledger_columns())
             )
         hold = BatchHold(
             job_id=run.job.id,
@@ -624,17 +625,6 @@ def _fitting(items: list[HeldItem], room: Decimal) -> int:
     return fits
 
 
-def _price_columns(price: PriceRow) -> dict[str, Any]:
-    return {
-        "price_id": price.id,
-        "price_input": price.input,
-        "price_cache_write_5m": price.cache_write_5m,
-        "price_cache_write_1h": price.cache_write_1h,
-        "price_cache_read": price.cache_read,
-        "price_output": price.output,
-    }
-
-
 def _ledger(
     outcome: str,
     usage: TokenUsage | None,
@@ -663,7 +653,7 @@ def _ledger(
             "output_tokens": usage.output,
         }
     if price is not None and usage is not None:
-        values |= _price_columns(price) | {"cost_usd": price.cost(usage)}
+        values |= price.ledger_columns() | {"cost_usd": price.cost(usage)}
     return values
 
 

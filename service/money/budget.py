@@ -11,15 +11,16 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.errors import CostCapExceeded, DatabaseUnavailable
 from service.core.metrics import CapGauge, LedgerGauges
 from service.core.settings import Settings
+from service.money.attempts import AttemptPlan, Reservation, Settlement
 from service.money.batch_charges import BatchHold, HeldItem, JobLedger, ResultLine, SettleResult
 from service.money.caps import UNCAPPED, CapKey, CapRepository, TeamCaps, period_keys
 from service.money.catalog import Catalog, PriceRow, TokenUsage
@@ -33,71 +34,12 @@ _RESERVE_TRIES = 5
 _RELEASE_PAUSES_S = (0.2, 1.0, 3.0, 10.0)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class AttemptPlan:
-    request_id: uuid.UUID
-    team_id: uuid.UUID
-    attempt_no: int
-    stage: str
-    model: str
-    input_token_bound: int
-    max_tokens: int
-    team_caps: TeamCaps = field(default_factory=TeamCaps)
-    # The model the all-strong counterfactual prices a cheap-stage attempt at; None for the strong stage.
-    strong_model: str | None = None
-    request_created_at: datetime | None = None  # None: the reservation's own time
-    task_hash: str = ""
-    cache_ttl: str | None = None  # the prompt's prefix is marked for caching (its writes may cost more)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    attempt_id: int
-    request_id: uuid.UUID
-    model: str
-    amount: Decimal
-    reserved_at: datetime
-    input_token_bound: int
-    strong_model: str | None = None
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What one attempt came to. `usage` None means the outcome is unknown: charge the reservation."""
-
-    outcome: str
-    usage: TokenUsage | None
-    http_status: int | None = None
-    stop_reason: str | None = None
-    label: str | None = None
-    confidence: Decimal | None = None
-    escalation_reason: str | None = None
-    upstream_request_id: str | None = None
-    latency_ms: int | None = None
-    error_message: str | None = None
-
-
 def _or_uncapped(amount: Decimal | None) -> Decimal:
     return UNCAPPED if amount is None else amount
 
 
 class _StaleCapRows(Exception):
     """A cached cap row id no longer exists."""
-
-
-def _price_columns(price: PriceRow) -> dict[str, Any]:
-    return {
-        "price_id": price.id,
-        "price_input": price.input,
-        "price_cache_write_5m": price.cache_write_5m,
-        "price_cache_write_1h": price.cache_write_1h,
-        "price_cache_read": price.cache_read,
-        "price_output": price.output,
-    }
 
 
 class Budget:
@@ -178,7 +120,7 @@ class Budget:
             "max_tokens": plan.max_tokens,
             "reserved_at": at,
             "strong_equiv_usd": strong_equiv,
-            **_price_columns(price),
+            **price.ledger_columns(),
         }
         # One statement: all the cap rows and the ledger rows, or nothing. It is run again if its partial-
         # reservation guard fires or a refusal has no locked row to explain it (neither should happen; see
@@ -294,7 +236,7 @@ class Budget:
                     result.usage.prompt_tokens,
                     reservation.input_token_bound,
                 )
-            price_cols = _price_columns(price)
+            price_cols = price.ledger_columns()
             if reservation.strong_model is not None:
                 strong_price = self.catalog.price(
                     reservation.strong_model, reservation.reserved_at, result.usage.prompt_tokens

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from service.core.errors import ConfigurationError
 
@@ -68,6 +68,17 @@ class PriceRow:
     def id(self) -> str:
         tier = f"/above-{self.above_prompt_tokens // 1000}k" if self.above_prompt_tokens else ""
         return f"{self.model}@{self.effective_from.isoformat()}{tier}{'/batch' if self.batch else ''}"
+
+    def ledger_columns(self) -> dict[str, Any]:
+        """The columns of a ledger row that keep the price it was charged at."""
+        return {
+            "price_id": self.id,
+            "price_input": self.input,
+            "price_cache_write_5m": self.cache_write_5m,
+            "price_cache_write_1h": self.cache_write_1h,
+            "price_cache_read": self.cache_read,
+            "price_output": self.output,
+        }
 
     def for_batch(self) -> PriceRow:
         """This row at the Message Batches rates. A ledger row stores these prices, so that its cost is its

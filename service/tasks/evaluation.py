@@ -24,13 +24,14 @@ from typing import IO
 
 from sqlalchemy import insert, select, update
 
+from service.cascade.classification import ClassifyCommand
 from service.cascade.policy import Answer, Unavailable
 from service.cascade.prompt import text_problem
-from service.cascade.service import Cascade, ClassifyCommand
+from service.cascade.service import Cascade
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.errors import CostCapExceeded, InvalidInput
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.caps import TeamCaps
 from service.tables import EvalItem, EvalRun, TaskVersion
 from service.tasks.service import as_task

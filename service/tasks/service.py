@@ -16,10 +16,10 @@ import sqlalchemy.exc
 from sqlalchemy import Select, func, select
 
 from service.cascade.prompt import Example, Task, system_prompt, text_problem, unicode_problem
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.catalog import Catalog
 from service.tables import TaskVersion
 

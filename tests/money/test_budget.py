@@ -12,7 +12,8 @@ import pytest
 
 from service.core.database import Database
 from service.core.errors import CostCapExceeded
-from service.money.budget import AttemptPlan, Budget, Settlement
+from service.money.attempts import AttemptPlan, Settlement
+from service.money.budget import Budget
 from service.money.catalog import TokenUsage
 from service.tables import Attempt, Cap, Request
 from tests.harness import NOON, Clock, assert_ledger_invariants, caps, plan, request_row

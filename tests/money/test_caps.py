@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from service.cascade.prompt import Task, build_request
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.catalog import Catalog
 from service.simulator import Simulator, SimulatorConfig
 from tests.harness import SENTIMENT, assert_ledger_invariants, caps, running_service

@@ -19,7 +19,8 @@ from service.cascade.upstream import read_message
 from service.core.database import Database
 from service.core.errors import CostCapExceeded, DatabaseUnavailable
 from service.core.settings import Settings
-from service.money.budget import Budget, Settlement
+from service.money.attempts import Settlement
+from service.money.budget import Budget
 from service.money.caps import CapRepository
 from service.money.catalog import Catalog, TokenUsage
 from service.money.ledger import LedgerRepository

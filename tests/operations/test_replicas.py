@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import select
 
 from service.core import schema
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.simulator import Simulator, SimulatorConfig
 from service.simulator.corpus import LABEL_SETS, SAMPLES
 from service.tables import Attempt, Cap, Request

@@ -23,8 +23,8 @@ from litestar.static_files import create_static_files_router
 
 from service.api.dashboard.session import COOKIE, Session, SessionSigner
 from service.api.dashboard.view import PERIODS, DashboardView, dashboard_view, task_view
+from service.core.clock import utcnow
 from service.core.errors import CascadeError, Unauthorized
-from service.money.budget import utcnow
 from service.reports.audit import request_audit
 from service.runtime import Runtime
 from service.tasks.calibration import Calibration
