@@ -18,7 +18,7 @@ from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageO
 from service.core.clock import utcnow
 from service.core.errors import InvalidInput
 from service.reports.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests
-from service.reports.service import Window
+from service.reports.window import Window
 from service.runtime import Runtime
 from service.tenancy.keys import Scope
 

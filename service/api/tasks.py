@@ -26,7 +26,7 @@ from service.cascade.prompt import Example
 from service.core.clock import utcnow
 from service.core.errors import InvalidInput
 from service.core.logs import annotate
-from service.reports.service import Window
+from service.reports.window import Window
 from service.runtime import Runtime
 from service.tables import TaskVersion
 from service.tasks.calibration import Calibration, calibration

@@ -17,7 +17,7 @@ from sqlalchemy import Select, select, tuple_
 from service.core.database import Database
 from service.core.errors import InvalidInput, NotFound
 from service.money.ledger import LedgerRepository
-from service.reports.service import Window
+from service.reports.window import Window
 from service.tables import Attempt, Request, Team
 from service.tenancy.keys import Scope
 

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from service.reports.audit import csv_cell
-from service.reports.service import CostBucket, CostReport, EscalationBucket, EscalationReport
+from service.reports.costs import CostBucket, CostReport
+from service.reports.escalations import EscalationBucket, EscalationReport
 
 ESCALATION_COLUMNS = (
     "bucket",

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 
 from service.core.database import Database
-from service.reports.service import Window
+from service.reports.window import Window
 from service.tables import TaskVersion
 
 PLACES = Decimal("0.000001")

@@ -10,14 +10,10 @@ from typing import Any
 from service.core.errors import InvalidInput
 from service.money.caps import UNCAPPED
 from service.reports.audit import RequestFilter, list_requests
-from service.reports.service import (
-    CostReport,
-    EscalationReport,
-    HistogramBin,
-    confidence_histogram,
-    cost_histogram,
-    day_window,
-)
+from service.reports.costs import CostReport
+from service.reports.escalations import EscalationReport
+from service.reports.histograms import HistogramBin, confidence_histogram, cost_histogram
+from service.reports.window import day_window
 from service.runtime import Runtime
 from service.tasks.calibration import Calibration, calibration
 from service.tenancy.keys import Scope
