@@ -22,13 +22,9 @@ Hypothesis' state machines are synchronous, so the machine drives the async Budg
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -41,20 +37,32 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from service.core.database import Database
 from service.core.errors import ConfigurationError, CostCapExceeded
 from service.core.settings import Settings
-from service.money.budget import AttemptPlan, Budget, Reservation, Settlement
+from service.money.budget import AttemptPlan, Budget, Settlement
 from service.money.caps import UNCAPPED, CapKey, TeamCaps
-from service.money.catalog import MILLION, Catalog, TokenUsage
+from service.money.catalog import MILLION, TokenUsage
 from service.tables import Attempt, Cap, Request, Team, table_names
-
-T = TypeVar("T")
+from tests.money.budget_model import (
+    CATALOG,
+    ENV,
+    Clock,
+    Env,
+    Held,
+    describe,
+    expected_cost,
+    expected_worst_case,
+    fingerprint,
+    in_period,
+    label,
+    money,
+    run,
+    snapshot,
+)
 
 TTL_S = 120
-CATALOG = Catalog()
 # (model, stage). Haiku 5.5 has no price before 2026-10-07 and a long-context tier above 100K prompt tokens.
 MODELS = [
     ("claude-haiku-4-5-20251001", "cheap"),
@@ -68,88 +76,6 @@ STARTS = [
     datetime(2026, 10, 6, 23, 59, tzinfo=UTC),  # the day before the October price change
     datetime(2027, 2, 28, 12, 0, tzinfo=UTC),
 ]
-
-
-class Env:
-    """The machine's own event loop and engine, shared by all examples of one test run."""
-
-    loop: asyncio.AbstractEventLoop
-    db: Database
-
-
-ENV = Env()
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return ENV.loop.run_until_complete(coro)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Held:
-    """The model of one reservation."""
-
-    reservation: Reservation
-    plan: AttemptPlan
-    state: str = "held"  # held, settled (by its holder) or swept
-    cost: Decimal | None = None
-
-
-def money(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-def expected_worst_case(model: str, at: datetime, bound: int, max_tokens: int) -> Decimal:
-    price = CATALOG.price(model, at, bound)
-    return (bound * price.input + max_tokens * price.output) / MILLION
-
-
-def expected_cost(held: Held, usage: TokenUsage) -> Decimal:
-    r = held.reservation
-    price = CATALOG.price(r.model, r.reserved_at, usage.prompt_tokens)
-    return (usage.input * price.input + usage.cache_read * price.cache_read + usage.output * price.output) / MILLION
-
-
-def label(key: CapKey) -> str:
-    return key.label.replace(" ", "_")
-
-
-def describe(rooms: list[tuple[CapKey, Cap | None, Decimal]]) -> str:
-    return ", ".join(f"{label(key)} has {room}{'' if row else ' (no row yet)'}" for key, row, room in rooms)
-
-
-def in_period(cap: Cap, billing_day: date) -> bool:
-    if cap.period == "day":
-        return billing_day == cap.period_start
-    return billing_day.replace(day=1) == cap.period_start
-
-
-async def snapshot() -> tuple[list[Cap], list[Attempt], list[Request]]:
-    async with ENV.db.transaction() as session:
-        caps = list((await session.scalars(select(Cap).order_by(Cap.id))).all())
-        attempts = list((await session.scalars(select(Attempt).order_by(Attempt.id))).all())
-        requests = list((await session.scalars(select(Request).order_by(Request.id))).all())
-    return caps, attempts, requests
-
-
-def fingerprint(
-    state: tuple[list[Cap], list[Attempt], list[Request]],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    caps, attempts, requests = state
-    # A period's cap rows are created (empty) before its first reservation is tried, and stay if it is refused:
-    # a row that holds and has spent nothing is no money moved.
-    return (
-        [(c.id, c.spent_usd, c.reserved_usd, c.overrun_usd, c.cap_usd) for c in caps if c.spent_usd or c.reserved_usd],
-        [(a.id, a.state, a.cost_usd, a.settled_by, a.outcome) for a in attempts],
-        [(r.id, r.cost_usd) for r in requests],
-    )
 
 
 class BudgetMachine(RuleBasedStateMachine):
@@ -473,20 +399,6 @@ class BudgetMachine(RuleBasedStateMachine):
         assert [a.id for a in attempts if a.state != "settled"] == [], "reservations still held"
         assert [c.id for c in caps if c.reserved_usd != 0] == [], "cap rows still hold money"
         assert [r.id for r in requests if r.status == "pending"] == [], "requests left pending after the sweep"
-
-
-@pytest.fixture
-def machine_db(database_url: str) -> Any:
-    """The test database, reached through an event loop and engine owned by the machine."""
-    loop = asyncio.new_event_loop()
-    ENV.loop = loop
-    ENV.db = Database(database_url, Settings(_env_file=None, ANTHROPIC_API_KEY="unused"))
-    try:
-        yield ENV
-    finally:
-        loop.run_until_complete(ENV.db.dispose())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def test_budget_ledger_state_machine(machine_db: Env) -> None:

@@ -1,13 +1,14 @@
-"""The Anthropic API simulator, exercised through the real SDK over loopback HTTP."""
+"""The Anthropic API simulator, exercised through the real SDK over loopback HTTP.
+
+One simulator for the whole module, reset before each test: successes, errors, odd successes, the directives,
+Haiku 5.5 and the calls summary.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import statistics
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anthropic
 import httpx2
@@ -18,54 +19,20 @@ from anthropic.types.shared import ErrorResponse
 
 from service.simulator import Simulator, SimulatorConfig
 from service.simulator.behaviour import classify, input_tokens, parse_behaviour, parse_directives
-from service.simulator.corpus import LABEL_SETS, SAMPLES, TASK_INSTRUCTIONS, truth_for
-
-HAIKU = "claude-haiku-4-5-20251001"
-HAIKU_55 = "claude-haiku-5-5"
-SONNET = "claude-sonnet-4-6"
-SONNET_55 = "claude-sonnet-5-5"
-SENTIMENT = LABEL_SETS["sentiment"]
-SYSTEM = "You are a careful text classifier. Answer with the label and your confidence between 0 and 1."
-
-
-def output_config(labels: list[str]) -> dict[str, Any]:
-    return {
-        "format": {
-            "type": "json_schema",
-            "schema": {
-                "type": "object",
-                "properties": {"label": {"type": "string", "enum": labels}, "confidence": {"type": "number"}},
-                "required": ["label", "confidence"],
-                "additionalProperties": False,
-            },
-        }
-    }
-
-
-def user_content(text: str, task: str = "sentiment") -> str:
-    return f"{TASK_INSTRUCTIONS[task]}\n\n<text>\n{text}\n</text>"
-
-
-def request(text: str, *, model: str = HAIKU, labels: list[str] = SENTIMENT, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": 64,
-        "system": SYSTEM,
-        "messages": [{"role": "user", "content": user_content(text)}],
-        "output_config": output_config(labels),
-    }
-    return body | extra
-
-
-def answer(message: Message) -> dict[str, Any]:
-    texts = [block.text for block in message.content if isinstance(block, TextBlock)]
-    assert len(texts) == 1
-    parsed: dict[str, Any] = json.loads(texts[0])
-    return parsed
-
-
-def text_of(message: Message) -> str:
-    return "".join(block.text for block in message.content if isinstance(block, TextBlock))
+from service.simulator.corpus import SAMPLES
+from tests.simulator.message_requests import (
+    HAIKU,
+    HAIKU_55,
+    SENTIMENT,
+    SONNET,
+    SONNET_55,
+    SYSTEM,
+    answer,
+    create,
+    request,
+    text_of,
+    user_content,
+)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -84,15 +51,6 @@ async def client(sim: Simulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
 @pytest.fixture(autouse=True)
 def _fresh(sim: Simulator) -> None:
     sim.reset()
-
-
-async def create(client: anthropic.AsyncAnthropic, text: str, **kwargs: Any) -> Message:
-    raw = await client.messages.with_raw_response.create(**request(text, **kwargs))
-    # The SDK constructs models without validating them; validate the wire body strictly as well.
-    Message.model_validate(json.loads(await raw.read()))
-    message = await raw.parse()
-    assert isinstance(message, Message)
-    return message
 
 
 # --- success ------------------------------------------------------------------------------------
@@ -143,15 +101,6 @@ async def test_answers_are_deterministic(client: anthropic.AsyncAnthropic) -> No
     # The seed matters: over many texts, two seeds must disagree somewhere.
     texts = [s.text for s in SAMPLES if s.task == "sentiment"]
     assert any(classify(7, HAIKU, t, SENTIMENT) != classify(8, HAIKU, t, SENTIMENT) for t in texts)
-
-
-async def test_keep_alive_reuses_one_connection() -> None:
-    async with Simulator() as simulator, httpx2.AsyncClient(base_url=simulator.url) as http:
-        for _ in range(3):
-            response = await http.post("/v1/messages", json=request("keep alive"), headers={"x-api-key": "test"})
-            assert response.status_code == 200
-        assert len(simulator._connections) == 1
-        assert len(simulator.calls) == 3
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -266,17 +215,6 @@ async def test_slow_answers_after_the_delay(client: anthropic.AsyncAnthropic) ->
     message = await create(client, "{{sim:cheap=slow:0.3}} patience")
     assert time.monotonic() - started >= 0.3
     assert answer(message)["label"] in SENTIMENT
-
-
-async def test_latency_is_applied() -> None:
-    config = SimulatorConfig(latency_ms=150, latency_per_output_token_ms=1, latency_jitter_ms=20)
-    async with Simulator(config) as simulator:
-        api = anthropic.AsyncAnthropic(api_key="test", base_url=simulator.url, max_retries=0)
-        started = time.monotonic()
-        message = await create(api, "quick")
-        elapsed = time.monotonic() - started
-        await api.close()
-    assert elapsed >= 0.15 + message.usage.output_tokens / 1000
 
 
 # --- odd successes ----------------------------------------------------------------------------------
@@ -419,84 +357,3 @@ async def test_calls_endpoint_summarises(client: anthropic.AsyncAnthropic, sim: 
     assert summary["total"] == 3
     assert summary["by_model"] == {HAIKU: 2, SONNET: 1}
     assert summary["by_behaviour"] == {"ok": 2, "529": 1}
-
-
-# --- random faults and lifecycle -------------------------------------------------------------------
-
-
-async def test_random_faults_are_reproducible() -> None:
-    async def statuses(seed: int) -> list[int]:
-        config = SimulatorConfig(seed=seed, fault_rates={"529": 0.3, "500": 0.2})
-        async with Simulator(config) as simulator, httpx2.AsyncClient(base_url=simulator.url) as http:
-            for i in range(40):
-                await http.post("/v1/messages", json=request(f"text {i}"), headers={"x-api-key": "k"})
-            return [call.status for call in simulator.calls]
-
-    first, again, other = await statuses(3), await statuses(3), await statuses(4)
-    assert first == again
-    assert first != other
-    assert 5 <= first.count(529) <= 22
-    assert 2 <= first.count(500) <= 16
-    assert first.count(200) >= 10
-
-
-def test_bad_fault_rates_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown behaviour"):
-        SimulatorConfig(fault_rates={"gremlins": 0.1})
-    with pytest.raises(ValueError, match="more than 1"):
-        SimulatorConfig(fault_rates={"529": 0.6, "500": 0.6})
-
-
-async def test_stop_closes_open_connections() -> None:
-    simulator = Simulator(SimulatorConfig(slow_seconds=30))
-    await simulator.start()
-    api = anthropic.AsyncAnthropic(api_key="test", base_url=simulator.url, max_retries=0)
-    pending = asyncio.create_task(create(api, "{{sim:cheap=slow}} never answered"))
-    await asyncio.sleep(0.2)
-    await asyncio.wait_for(simulator.stop(), timeout=5)
-    with pytest.raises(anthropic.APIConnectionError):
-        await asyncio.wait_for(pending, timeout=5)
-    await api.close()
-
-
-# --- the corpus and its hidden truth ------------------------------------------------------------------
-
-
-def test_corpus_shape() -> None:
-    assert len(SAMPLES) >= 300
-    assert len({sample.text for sample in SAMPLES}) == len(SAMPLES)
-    assert set(LABEL_SETS) == {"sentiment", "support_intent", "moderation"} == set(TASK_INSTRUCTIONS)
-    for sample in SAMPLES:
-        assert sample.truth in LABEL_SETS[sample.task]
-        assert truth_for(sample.text, LABEL_SETS[sample.task]) == sample.truth
-        assert truth_for("{{sim:cheap=529,ok}} " + sample.text, LABEL_SETS[sample.task]) == sample.truth
-    assert {sample.truth for sample in SAMPLES} == {label for labels in LABEL_SETS.values() for label in labels}
-    assert truth_for("not in the corpus", SENTIMENT) is None
-
-
-def test_directives_do_not_change_the_hidden_truth() -> None:
-    sample = SAMPLES[10]
-    labels = LABEL_SETS[sample.task]
-    with_directive = classify(7, HAIKU, "{{sim:cheap=529}} " + sample.text, labels)
-    assert with_directive == classify(7, HAIKU, sample.text, labels)
-    assert with_directive.truth == sample.truth
-
-
-@pytest.mark.parametrize("seed", [7, 1, 2026])
-def test_corpus_accuracy_and_confidence(seed: int) -> None:
-    for model, low, high in ((HAIKU, 0.85, 0.90), (HAIKU_55, 0.85, 0.90), (SONNET_55, 0.95, 1.0)):
-        answers = [classify(seed, model, s.text, LABEL_SETS[s.task]) for s in SAMPLES]
-        accuracy = sum(a.correct for a in answers) / len(answers)
-        assert low <= accuracy <= high, (model, accuracy)
-        right = [a.confidence for a in answers if a.correct]
-        wrong = [a.confidence for a in answers if not a.correct]
-        assert statistics.mean(wrong) < statistics.mean(right)
-        assert all(0.0 <= a.confidence <= 1.0 and a.confidence == round(a.confidence, 2) for a in answers)
-        if model == HAIKU:
-            escalated = sum(a.confidence < 0.85 for a in answers) / len(answers)
-            assert 0.10 <= escalated <= 0.35, escalated
-            caught = sum(c < 0.85 for c in wrong) / len(wrong)
-            assert 0.5 <= caught < 1.0, caught
-        for sample, a in zip(SAMPLES, answers, strict=True):
-            assert a.label in LABEL_SETS[sample.task]
-            assert a.truth == sample.truth
