@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 
 from service.core.database import Database
-from service.money.budget import AttemptPlan, Reservation
+from service.money.attempts import AttemptPlan, Reservation
 from service.money.caps import CapKey
 from service.money.catalog import MILLION, Catalog, TokenUsage
 from service.tables import Attempt, Cap, Request

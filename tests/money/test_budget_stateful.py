@@ -41,7 +41,8 @@ from sqlalchemy import text
 
 from service.core.errors import ConfigurationError, CostCapExceeded
 from service.core.settings import Settings
-from service.money.budget import AttemptPlan, Budget, Settlement
+from service.money.attempts import AttemptPlan, Settlement
+from service.money.budget import Budget
 from service.money.caps import UNCAPPED, CapKey, TeamCaps
 from service.money.catalog import MILLION, TokenUsage
 from service.tables import Attempt, Cap, Request, Team, table_names

@@ -13,9 +13,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, select
 
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.simulator import Simulator
 from service.tables import Attempt, IdempotencyKey, Request
 from tests.harness import SENTIMENT, Service, assert_error, assert_ledger_invariants, running_service

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from service.money.budget import utcnow
+from service.core.clock import utcnow
 from service.tables import IdempotencyKey
 from service.tenancy.teams import Teams
 from tests.harness import Service, assert_error, assert_ledger_invariants
