@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api.dependencies import presented_key
 from service.api.errors import documented
-from service.api.schemas import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut, KeyOut, TeamIn, TeamOut
+from service.api.schemas.teams import AdminCapOut, AdminSpendOut, CapsIn, IssuedKeyOut, KeyOut, TeamIn, TeamOut
 from service.api.spend import cap_out
 from service.core.clock import utcnow
 from service.core.errors import Forbidden, Unauthorized

@@ -13,7 +13,8 @@ from litestar.params import JSONBody
 
 from service.api.classify import classification_out, idempotency_key, idempotently, task_of, to_command
 from service.api.errors import documented, error_details
-from service.api.schemas import BatchIn, BatchItemOut, BatchOut, ClassifyIn, ErrorBody
+from service.api.schemas.classify import BatchIn, BatchItemOut, BatchOut, ClassifyIn
+from service.api.schemas.common import ErrorBody
 from service.cascade.batch import BatchItem, BatchRunner, ItemOutcome
 from service.core.errors import InvalidInput
 from service.core.logs import annotate

@@ -15,7 +15,8 @@ from litestar.params import JSONBody
 from pydantic import BaseModel
 
 from service.api.errors import documented, error_details
-from service.api.schemas import AttemptOut, BatchIn, ClassifyIn, ClassifyOut, Tokens
+from service.api.schemas.classify import AttemptOut, BatchIn, ClassifyIn, ClassifyOut
+from service.api.schemas.common import Tokens
 from service.cascade.classification import AttemptRecord, Classification, ClassifyCommand
 from service.cascade.prompt import Task, text_problem
 from service.cascade.response_cache import cache_key

@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from service.api.schemas import ErrorOut
+from service.api.schemas.common import ErrorOut
 from service.core.errors import CascadeError, CostCapExceeded, InvalidInput, Replayed
 
 logger = logging.getLogger(__name__)

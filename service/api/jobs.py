@@ -23,16 +23,9 @@ from litestar.response import Stream
 
 from service.api.classify import idempotency_key, idempotently, to_command
 from service.api.errors import documented
-from service.api.schemas import (
-    ClassifyIn,
-    JobCountsOut,
-    JobIn,
-    JobListOut,
-    JobOut,
-    JobSummaryOut,
-    StageCountsOut,
-    money_str,
-)
+from service.api.schemas.classify import ClassifyIn
+from service.api.schemas.common import money_str
+from service.api.schemas.jobs import JobCountsOut, JobIn, JobListOut, JobOut, JobSummaryOut, StageCountsOut
 from service.core.errors import InvalidInput
 from service.core.logs import annotate
 from service.core.settings import Settings

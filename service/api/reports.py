@@ -14,7 +14,7 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from service.api.errors import documented
-from service.api.schemas import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
+from service.api.schemas.reports import CostReportOut, EscalationReportOut, RequestPageOut, RequestRowOut
 from service.core.clock import utcnow
 from service.core.errors import InvalidInput
 from service.reports.audit import COLUMNS, Cursor, RequestFilter, csv_cell, export_requests, list_requests

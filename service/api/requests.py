@@ -9,7 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from service.api.errors import documented
-from service.api.schemas import AuditAttemptOut, PriceOut, RequestAuditOut, Tokens
+from service.api.schemas.classify import AuditAttemptOut, RequestAuditOut
+from service.api.schemas.common import PriceOut, Tokens
 from service.reports.audit import request_audit
 from service.runtime import Runtime
 from service.tables import Attempt

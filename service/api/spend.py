@@ -6,7 +6,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from service.api.errors import documented
-from service.api.schemas import CapOut, SpendOut
+from service.api.schemas.teams import CapOut, SpendOut
 from service.money.caps import UNCAPPED
 from service.runtime import Runtime
 from service.tables import Cap

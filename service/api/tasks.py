@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.errors import documented
-from service.api.schemas import (
+from service.api.schemas.tasks import (
     AccuracyOut,
     CalibrationBinOut,
     CalibrationOut,
