@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 from cluster import admin_url_for, create_database, drop_database  # bench/cluster.py
-from gateway import ROOT, Proc, cascade_argv, free_port, http_status, wait_for  # bench/gateway.py
+from processes import ROOT, Proc, cascade_argv, free_port, http_status, wait_for  # bench/processes.py
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
