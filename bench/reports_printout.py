@@ -11,7 +11,9 @@ from ledger_sql import DAYS  # bench/ledger_sql.py
 from sqlalchemy import text
 
 from service.core.database import Database
-from service.reports.service import _attempt_cost_sql, _escalation_sql, _request_cost_sql, day_window
+from service.reports.costs import attempt_cost_sql, request_cost_sql
+from service.reports.escalations import escalation_sql
+from service.reports.window import day_window
 from service.tenancy.keys import Scope
 
 if TYPE_CHECKING:  # for the annotations only: timings imports log from this module
@@ -104,9 +106,9 @@ async def explain(db: Database) -> None:
     admin = Scope(None, admin=True)
     params = day_window(DAYS, datetime.now(UTC)).params()
     queries = (
-        ("escalations 30d by day (admin): _escalation_sql", _escalation_sql("day", admin)),
-        ("costs 30d by day (admin): _request_cost_sql", _request_cost_sql("day", admin)),
-        ("costs 30d by day (admin): _attempt_cost_sql", _attempt_cost_sql("day", admin)),
+        ("escalations 30d by day (admin): escalation_sql", escalation_sql("day", admin)),
+        ("costs 30d by day (admin): request_cost_sql", request_cost_sql("day", admin)),
+        ("costs 30d by day (admin): attempt_cost_sql", attempt_cost_sql("day", admin)),
     )
     for title, sql in queries:
         async with db.transaction() as session:

@@ -19,7 +19,8 @@ from service.core.database import Database
 from service.core.settings import Settings
 from service.money.catalog import Catalog
 from service.reports.audit import Cursor, RequestFilter, export_requests, list_requests
-from service.reports.service import Reports, Window, day_window
+from service.reports.service import Reports
+from service.reports.window import Window, day_window
 from service.tenancy.keys import Scope
 
 LIST_LIMIT = 100  # the API's default page size

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from service.core.clock import utcnow
 from service.core.database import Database
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.catalog import Catalog, TokenUsage
 from service.simulator import Simulator
 from service.tenancy.teams import Teams

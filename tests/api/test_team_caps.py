@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from service.core.clock import utcnow
 from service.core.database import Database
-from service.money.budget import utcnow
 from service.tables import Attempt, Request
 from tests.api.teams import classify, create_team, issue_key, ticket
 from tests.harness import ADMIN, Service, assert_error, assert_ledger_invariants
