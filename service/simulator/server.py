@@ -1,14 +1,10 @@
-"""An Anthropic Messages API look-alike over real HTTP/1.1 (asyncio streams + h11).
-
-Not an ASGI app: a "drop" fault has to abort the TCP connection itself, which ASGI servers do not allow.
-"""
+"""An Anthropic Messages API look-alike: the Simulator's lifecycle, the calls it records, and its endpoints
+(Messages, token counting, Message Batches). It speaks real HTTP/1.1 through service.simulator.transport."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import http
 import json
 import logging
 import random
@@ -16,8 +12,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +22,10 @@ from service.simulator import behaviour
 from service.simulator.batches import BatchError, Batches
 from service.simulator.behaviour import Behaviour, model_family
 from service.simulator.config import SimulatorConfig
+from service.simulator.prompt_cache import PromptCache
+from service.simulator.ratelimit import RateWindow
 from service.simulator.request import ParsedRequest, RequestError, load, parse, text_to_classify
+from service.simulator.transport import Response, serve
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +33,8 @@ MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 BATCHES = "/v1/messages/batches"
 _BATCH_PATH = re.compile(r"/v1/messages/batches/(?P<id>[A-Za-z0-9_]+)(?P<tail>/cancel|/results)?")
-READ_CHUNK = 64 * 1024
 _BEARER = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
 
-# Plausible tier-4 limits; the remaining counts fall within a one-minute window.
-REQUESTS_LIMIT = 4_000
-INPUT_TOKENS_LIMIT = 4_000_000
-OUTPUT_TOKENS_LIMIT = 800_000
-WINDOW_SECONDS = 60.0
 REFUSAL_DETAILS = {"type": "refusal", "category": None, "explanation": None}
 
 
@@ -56,51 +48,6 @@ class CallRecord:
     at: float  # time.monotonic()
     endpoint: str = "messages"  # or "count_tokens", or "batch" (one request of a Message Batch)
     custom_id: str | None = None  # a batch request's custom_id
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    delay: float = 0.0  # seconds to wait before answering (or dropping)
-    drop: bool = False
-
-
-@dataclass
-class _RateWindow:
-    started: float = field(default_factory=time.monotonic)
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def charge(self, input_tokens: int, max_tokens: int) -> None:
-        if time.monotonic() - self.started >= WINDOW_SECONDS:
-            self.started, self.requests, self.input_tokens, self.output_tokens = time.monotonic(), 0, 0, 0
-        self.requests += 1
-        self.input_tokens += input_tokens
-        # Output-token limits are charged from max_tokens when a request starts, as the real API does.
-        self.output_tokens += max_tokens
-
-    def headers(self) -> list[tuple[str, str]]:
-        left = max(0.0, self.started + WINDOW_SECONDS - time.monotonic())
-        reset = (datetime.now(UTC) + timedelta(seconds=left)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        input_left = max(0, INPUT_TOKENS_LIMIT - self.input_tokens)
-        output_left = max(0, OUTPUT_TOKENS_LIMIT - self.output_tokens)
-        return [
-            ("anthropic-ratelimit-requests-limit", str(REQUESTS_LIMIT)),
-            ("anthropic-ratelimit-requests-remaining", str(max(0, REQUESTS_LIMIT - self.requests))),
-            ("anthropic-ratelimit-requests-reset", reset),
-            ("anthropic-ratelimit-tokens-limit", str(INPUT_TOKENS_LIMIT + OUTPUT_TOKENS_LIMIT)),
-            ("anthropic-ratelimit-tokens-remaining", str(input_left + output_left)),
-            ("anthropic-ratelimit-tokens-reset", reset),
-            ("anthropic-ratelimit-input-tokens-limit", str(INPUT_TOKENS_LIMIT)),
-            ("anthropic-ratelimit-input-tokens-remaining", str(input_left)),
-            ("anthropic-ratelimit-input-tokens-reset", reset),
-            ("anthropic-ratelimit-output-tokens-limit", str(OUTPUT_TOKENS_LIMIT)),
-            ("anthropic-ratelimit-output-tokens-remaining", str(output_left)),
-            ("anthropic-ratelimit-output-tokens-reset", reset),
-        ]
 
 
 def _request_id() -> str:
@@ -122,8 +69,8 @@ class Simulator:
         self._rng = random.Random(self.config.seed)
         self._calls: list[CallRecord] = []
         self._directive_uses: dict[tuple[str, str], int] = {}
-        self._prompt_cache: dict[tuple[str, str], float] = {}  # (model, prefix hash) -> expiry (monotonic)
-        self._window = _RateWindow()
+        self._prompt_cache = PromptCache()
+        self._window = RateWindow()
         self._batches = Batches(self.config.batch_processing_s, self.config.batch_expire_rate, self._rng)
         # Settable while running, so that a test can refuse batches and then take them.
         self.batch_max_bytes = self.config.batch_max_bytes
@@ -208,68 +155,18 @@ class Simulator:
             "by_endpoint": dict(Counter(call.endpoint for call in self._calls)),
         }
 
-    # --- HTTP/1.1 plumbing -------------------------------------------------------------------------
+    # --- connections (the HTTP/1.1 itself is in transport.py) ----------------------------------------
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections[writer] = task
-        conn = h11.Connection(h11.SERVER)
         try:
-            while True:
-                incoming = await self._receive(conn, reader)
-                if incoming is None:
-                    break
-                response = await self._respond(*incoming)
-                if response.drop:
-                    writer.transport.abort()
-                    break
-                if writer.is_closing():
-                    break
-                self._send(conn, writer, response)
-                await writer.drain()
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                self._send(conn, writer, self._error(400, str(exc), _request_id()))
-        except (ConnectionError, TimeoutError):
-            pass
+            await serve(reader, writer, self._respond, lambda problem: self._error(400, problem, _request_id()))
         finally:
             self._connections.pop(writer, None)
-            writer.close()
 
-    @staticmethod
-    async def _receive(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Request, bytes] | None:
-        request: h11.Request | None = None
-        body: list[bytes] = []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(READ_CHUNK))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request, b"".join(body)
-            else:  # ConnectionClosed
-                return None
-
-    @staticmethod
-    def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: _Response) -> None:
-        try:
-            reason = http.HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = "Overloaded" if response.status == 529 else ""
-        headers = [*response.headers, ("content-length", str(len(response.body)))]
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason)))
-        writer.write(conn.send(h11.Data(data=response.body)))
-        writer.write(conn.send(h11.EndOfMessage()))
-
-    async def _respond(self, request: h11.Request, body: bytes) -> _Response:
+    async def _respond(self, request: h11.Request, body: bytes) -> Response:
         try:
             response = self._route(request, body)
         except Exception:
@@ -283,7 +180,7 @@ class Simulator:
 
     # --- the API --------------------------------------------------------------------------------------
 
-    def _route(self, request: h11.Request, body: bytes) -> _Response:
+    def _route(self, request: h11.Request, body: bytes) -> Response:
         method = request.method.decode()
         path = request.target.decode().split("?", 1)[0].rstrip("/")
         headers = {name.decode().lower(): value.decode("latin-1") for name, value in request.headers}
@@ -298,7 +195,7 @@ class Simulator:
             return self._ok({"reset": True}, _request_id())
         return self._error(404, f"Not found: {method} {path}", _request_id())
 
-    def _api_call(self, path: str, headers: dict[str, str], body: bytes) -> _Response:
+    def _api_call(self, path: str, headers: dict[str, str], body: bytes) -> Response:
         request_id = _request_id()
         record = CallRecord(
             model="",
@@ -340,7 +237,7 @@ class Simulator:
             record.request_id = None
         return response
 
-    def _batch_call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Response:
+    def _batch_call(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
         request_id = _request_id()
         try:
             if not (headers.get("x-api-key") or _BEARER.fullmatch(headers.get("authorization", "").strip())):
@@ -370,7 +267,7 @@ class Simulator:
                 self._batches.delete(batch_id)
                 return self._ok({"id": batch_id, "type": "message_batch_deleted"}, request_id)
             if method == "GET" and tail == "/results":
-                response = _Response(status=200, body=self._batches.results_jsonl(batch_id))
+                response = Response(status=200, body=self._batches.results_jsonl(batch_id))
                 response.headers = [("request-id", request_id), ("content-type", "application/x-jsonl")]
                 return response
             raise BatchError(404, f"Not found: {method} {path}")
@@ -431,10 +328,10 @@ class Simulator:
                     return fault
         return behaviour.OK
 
-    def _outcome(self, parsed: ParsedRequest, plan: Behaviour, request_id: str) -> _Response:
+    def _outcome(self, parsed: ParsedRequest, plan: Behaviour, request_id: str) -> Response:
         slow = plan.delay(self.config.slow_seconds)
         if plan.drop:
-            return _Response(status=0, drop=True, delay=slow)
+            return Response(status=0, drop=True, delay=slow)
         if plan.status is not None:
             response = self._error(plan.status, behaviour.ERROR_MESSAGES[plan.status], request_id)
             if plan.status == 429 and plan.no_retry_after:
@@ -448,7 +345,7 @@ class Simulator:
 
         self._window.charge(parsed.input_tokens, parsed.max_tokens)
         if plan.garbage:
-            return _Response(status=200, body=b"<html>upstream proxy error</html>", headers=self._headers(request_id))
+            return Response(status=200, body=b"<html>upstream proxy error</html>", headers=self._headers(request_id))
         answer = behaviour.classify(self.config.seed, parsed.model, parsed.text, parsed.labels)
         thinks = plan.thinking or (parsed.model in behaviour.ADAPTIVE_THINKING_MODELS and not parsed.thinking_disabled)
         reply = behaviour.reply(
@@ -457,7 +354,7 @@ class Simulator:
             max_tokens=parsed.max_tokens,
             thinks=thinks,
         )
-        written, read = self._prompt_cache_use(parsed)
+        written, read = self._prompt_cache.use(parsed)
         message = {
             "id": f"msg_sim_{uuid.uuid4().hex[:24]}",
             "type": "message",
@@ -483,23 +380,6 @@ class Simulator:
         response.delay = slow + self._latency(reply.output_tokens)
         return response
 
-    def _prompt_cache_use(self, parsed: ParsedRequest) -> tuple[dict[str, int], int]:
-        """Prompt caching as the API does it: a marked prefix at least the model's minimum long is read from the
-        cache when the same model cached the same prefix within its TTL (which the read renews), else written
-        for the TTL asked. Returns (tokens written per TTL, tokens read)."""
-        tokens = parsed.prefix_tokens
-        minimum = behaviour.MIN_CACHE_TOKENS.get(parsed.model, behaviour.DEFAULT_MIN_CACHE_TOKENS)
-        if parsed.cache_prefix is None or parsed.cache_ttl is None or tokens < minimum:
-            return {}, 0
-        key = (parsed.model, hashlib.sha256(parsed.cache_prefix.encode()).hexdigest())
-        now, ttl = time.monotonic(), behaviour.CACHE_TTL_S[parsed.cache_ttl]
-        expires = self._prompt_cache.get(key)
-        if expires is not None and expires > now:
-            self._prompt_cache[key] = max(expires, now + ttl)
-            return {}, tokens
-        self._prompt_cache[key] = now + ttl
-        return {parsed.cache_ttl: tokens}, 0
-
     def _latency(self, output_tokens: int) -> float:
         config = self.config
         millis = config.latency_ms + output_tokens * config.latency_per_output_token_ms
@@ -510,16 +390,16 @@ class Simulator:
     def _headers(self, request_id: str) -> list[tuple[str, str]]:
         return [("request-id", request_id), ("content-type", "application/json"), *self._window.headers()]
 
-    def _ok(self, body: object, request_id: str) -> _Response:
-        return _Response(status=200, body=_json(body), headers=self._headers(request_id))
+    def _ok(self, body: object, request_id: str) -> Response:
+        return Response(status=200, body=_json(body), headers=self._headers(request_id))
 
-    def _error(self, status: int, message: str, request_id: str) -> _Response:
+    def _error(self, status: int, message: str, request_id: str) -> Response:
         body = {
             "type": "error",
             "error": {"type": behaviour.ERROR_TYPES.get(status, "api_error"), "message": message},
             "request_id": request_id,
         }
-        return _Response(status=status, body=_json(body), headers=self._headers(request_id))
+        return Response(status=status, body=_json(body), headers=self._headers(request_id))
 
 
 async def serve_forever(config: SimulatorConfig, host: str, port: int) -> None:
