@@ -19,9 +19,9 @@ from rich.table import Table
 from service.api.app import create_app
 from service.api.server import serving
 from service.core import schema
+from service.core.clock import utcnow
 from service.core.database import Database, resolve_url
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.caps import UNCAPPED
 from service.money.catalog import Catalog
 from service.reports.run import RunReport, run_report

@@ -50,9 +50,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _manage(settings: Settings, args: argparse.Namespace) -> None:
     """teams, keys and caps: the admin API's operations, straight on the database."""
+    from service.core.clock import utcnow
     from service.core.database import Database, resolve_url
     from service.core.errors import CascadeError
-    from service.money.budget import utcnow
     from service.tenancy.keys import issue_key
     from service.tenancy.teams import Teams
 

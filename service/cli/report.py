@@ -30,14 +30,15 @@ def _run(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _report(settings: Settings, args: argparse.Namespace) -> None:
-    from service.api.schemas import CostReportOut, EscalationReportOut
+    from service.api.schemas.reports import CostReportOut, EscalationReportOut
     from service.core import schema
+    from service.core.clock import utcnow
     from service.core.database import Database, resolve_url
     from service.core.errors import CascadeError
-    from service.money.budget import utcnow
     from service.money.catalog import Catalog
     from service.reports.output import print_table, to_csv
-    from service.reports.service import Reports, Window, parse_instant, parse_since
+    from service.reports.service import Reports
+    from service.reports.window import Window, parse_instant, parse_since
     from service.tenancy.keys import admin_scope
 
     db = Database(resolve_url(settings), settings)

@@ -18,13 +18,13 @@ from rich.table import Table
 
 from service.cascade.prompt import Example
 from service.core import schema
+from service.core.clock import utcnow
 from service.core.database import Database, resolve_url
 from service.core.errors import CascadeError, InvalidInput
 from service.core.settings import Settings
-from service.money.budget import utcnow
 from service.money.caps import TeamCaps
 from service.money.catalog import Catalog
-from service.reports.service import Window, parse_since
+from service.reports.window import Window, parse_since
 from service.runtime import Runtime
 from service.simulator import Simulator, SimulatorConfig
 from service.tables import Team
