@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -16,8 +15,7 @@ from sqlalchemy import select
 from service.core.database import Database
 from service.money.catalog import Catalog, TokenUsage
 from service.tables import Attempt, Cap, Request
-
-CASCADE = str(Path(sys.executable).parent / "cascade")
+from tests.processes import CASCADE
 
 
 def money(value: Decimal) -> str:

@@ -8,8 +8,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ from service.tenancy.keys import issue_key
 from service.tenancy.teams import Teams
 from tests.cluster import Cluster
 from tests.harness import assert_ledger_invariants, until
+from tests.processes import CASCADE, free_port
 
-CASCADE = str(Path(sys.executable).parent / "cascade")
 CLIENTS = 200
 REQUESTS = 2000
 TEAMS = ("red", "green", "blue")
@@ -40,12 +38,6 @@ TEAM_DAILY_CAP = Decimal("0.15")  # roughly half of what each team's share of th
 FAULTS = {"429": 0.04, "529": 0.05, "500": 0.05, "slow": 0.02, "malformed": 0.03, "drop": 0.01}
 TTL_S = 8.0
 SWEEP_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -111,8 +103,9 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
             )
             result.processes.append(process)
             result.urls.append(f"http://127.0.0.1:{port}")
-        await asyncio.gather(*(wait_ready(url) for url in result.urls))
         try:
+            # Inside the try: replicas that started are stopped even when one never becomes ready.
+            await asyncio.gather(*(wait_ready(url) for url in result.urls))
             yield result
         finally:
             for process in result.processes:
